@@ -1,0 +1,1 @@
+"""World -> immutable numpy tables (see compiler.py for the incremental part)."""

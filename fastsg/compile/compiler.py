@@ -1,0 +1,271 @@
+"""World -> ``CompiledWorld``, kept up to date incrementally.
+
+The ``Compiler`` is build scratch: registries (rule, group, region and instance indexes,
+append-only so an index never changes meaning), per-instance rows, and a cache of compiled
+policy directions keyed by (group list, order).  ``refresh()`` reads the world's change
+log, recompiles only the policies whose groups changed, updates the instance rows that
+changed, and links a new immutable ``CompiledWorld``.  Nothing of the scratch is reachable
+from a ``CompiledWorld``: its arrays are fresh and read-only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..world.model import REASONS
+from .addrmap import build_v4, build_v6
+from .policy import DirectionTables, compile_direction
+from . import tables as T
+from .tables import MAX_GROUPS, pack
+
+DIRECTIONS = ("ingress", "egress")      # direction index 0, 1 (pd = policy * 2 + direction)
+
+
+@dataclass(frozen=True)
+class CompiledWorld:
+    """An immutable snapshot of the compiled world, as one classify sees it.
+
+    kernel: the KernelTables the kernels read.  rule_names: deciding-rule names by global
+    index (the reasons first, then rule ids).  instance_ids: instance id by index.
+    """
+    kernel: KernelTables
+    rule_names: tuple
+    instance_ids: tuple
+    revision: int
+    policies: int
+    rules: int
+    nbytes: int
+
+
+class _Registry:
+    """Append-only name -> index map."""
+
+    def __init__(self, names=()):
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        for n in names:
+            self.get(n)
+
+    def get(self, name: str) -> int:
+        i = self.index.get(name)
+        if i is None:
+            i = self.index[name] = len(self.names)
+            self.names.append(name)
+        return i
+
+    def __len__(self):
+        return len(self.names)
+
+
+class _InstanceRows:
+    """Per-instance state as numpy rows (grown by doubling), indexed by the registry."""
+
+    def __init__(self):
+        self.n = 0
+        self.cap = 0
+        self.running = np.zeros(0, bool)
+        self.region = np.zeros(0, np.int32)
+        self.ngroups = np.zeros(0, np.uint8)
+        self.groups = np.zeros((0, MAX_GROUPS), np.int32)
+        self.addr_hi = np.zeros((0, 3), np.uint64)   # private_ip, private_ipv6, public_ip
+        self.addr_lo = np.zeros((0, 3), np.uint64)
+        self.addr_ver = np.zeros((0, 3), np.uint8)   # 0: no address
+        self.key: list = []                          # policy key per row
+
+    def ensure(self, n):
+        if n <= self.cap:
+            return
+        cap = max(16, self.cap * 2, n)
+        for name in ("running", "region", "ngroups", "groups", "addr_hi", "addr_lo", "addr_ver"):
+            old = getattr(self, name)
+            new = np.zeros((cap,) + old.shape[1:], old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+        self.key.extend([None] * (cap - len(self.key)))
+        self.cap = cap
+
+
+class Compiler:
+    """Keeps a ``CompiledWorld`` in step with a ``World``.  Callers serialise ``refresh``."""
+
+    def __init__(self, world):
+        self.world = world
+        self.rules = _Registry(REASONS)
+        self.groups = _Registry()
+        self.regions = _Registry()
+        self.instances = _Registry()
+        self.rows = _InstanceRows()
+        self.cache: dict[tuple, tuple[DirectionTables, DirectionTables]] = {}
+        self.revision = None
+        self.current: CompiledWorld | None = None
+        self.last_compile_seconds = 0.0
+        self.policies_compiled = 0       # policy compilations so far (tests check incrementality)
+        self.policy_keys: list = []
+
+    def canonical_rules(self, policy: int, direction: str) -> list:
+        """The canonical rule list of a linked policy's direction (for baselines and tests)."""
+        group_ids, _ = self.policy_keys[policy]
+        return [r for g in group_ids for r in self.world.groups[g].rules(direction)]
+
+    # ---- incremental maintenance --------------------------------------------------------
+    def refresh(self) -> CompiledWorld:
+        """The compiled world for the world's current revision (recompiling what changed)."""
+        world = self.world
+        with world.lock:
+            if self.current is not None and self.revision == world.revision:
+                return self.current
+            t0 = time.perf_counter()
+            if self.revision is None:
+                for inst in world.instances.values():
+                    self._update_row(inst)
+            else:
+                for change in world.changes_since(self.revision):
+                    self._apply(change)
+            self.current = self._link()
+            self.revision = world.revision
+            self.last_compile_seconds = time.perf_counter() - t0
+            return self.current
+
+    def _apply(self, change):
+        if change.kind == "rules":
+            stale = [k for k in self.cache if change.group in k[0]]
+            for k in stale:
+                del self.cache[k]
+        elif change.instance is not None:
+            inst = self.world.instances.get(change.instance)
+            if inst is not None:
+                self._update_row(inst)
+
+    def _update_row(self, inst):
+        i = self.instances.get(inst.id)
+        rows = self.rows
+        rows.ensure(i + 1)
+        rows.n = max(rows.n, i + 1)
+        rows.running[i] = inst.running
+        rows.region[i] = self.regions.get(inst.region)
+        gidx = [self.groups.get(g) for g in inst.groups]
+        rows.ngroups[i] = len(gidx)
+        rows.groups[i, :] = -1
+        rows.groups[i, : len(gidx)] = gidx
+        for j, addr in enumerate((inst.private_ip, inst.private_ipv6, inst.public_ip)):
+            if addr is None:
+                rows.addr_ver[i, j] = 0
+                continue
+            v = int(addr)
+            rows.addr_hi[i, j] = v >> 64
+            rows.addr_lo[i, j] = v & 0xFFFFFFFFFFFFFFFF
+            rows.addr_ver[i, j] = addr.version
+        rows.key[i] = (tuple(inst.groups), self.world.instance_order(inst))
+
+    def _policy(self, key) -> tuple[DirectionTables, DirectionTables]:
+        tables = self.cache.get(key)
+        if tables is None:
+            group_ids, order = key
+            world = self.world
+            rule_index = lambda rule: self.rules.get(rule.id)
+            out = []
+            for direction in DIRECTIONS:
+                canonical = [r for g in group_ids for r in world.groups[g].rules(direction)]
+                out.append(compile_direction(canonical, order, rule_index, self.groups.get))
+            tables = self.cache[key] = tuple(out)
+            self.policies_compiled += 1
+        return tables
+
+    # ---- linking ------------------------------------------------------------------------
+    def _link(self) -> CompiledWorld:
+        rows = self.rows
+        n = rows.n
+        running = rows.running[:n]
+        policy_of_key: dict[tuple, int] = {}
+        inst_policy = np.full(max(n, 1), -1, np.int32)
+        for i in np.nonzero(running)[0]:
+            inst_policy[i] = policy_of_key.setdefault(rows.key[i], len(policy_of_key))
+        # drop cached policies nobody uses any more (a later attach recompiles them)
+        for k in [k for k in self.cache if k not in policy_of_key]:
+            del self.cache[k]
+        self.policy_keys = list(policy_of_key)     # policy index -> key, for the baselines
+        dirs = []
+        for key in policy_of_key:
+            dirs.extend(self._policy(key))
+        arrays = _link_directions(dirs)
+        arrays.update(self._instance_arrays(inst_policy))
+        kernel = pack(arrays, arrays.pop("addr4_shift"), arrays.pop("addr6_shift"))
+        nbytes = sum(v.nbytes for v in kernel if isinstance(v, np.ndarray))
+        n_rules = sum(len(g.ingress) + len(g.egress) for g in self.world.groups.values())
+        return CompiledWorld(kernel=kernel, rule_names=tuple(self.rules.names),
+                             instance_ids=tuple(self.instances.names), revision=self.world.revision,
+                             policies=len(policy_of_key), rules=n_rules, nbytes=nbytes)
+
+    def _instance_arrays(self, inst_policy) -> dict:
+        rows = self.rows
+        n = rows.n
+        m = max(n, 1)
+        ngroups = _pad(rows.ngroups[:n].astype(np.int32), m)
+        starts = np.concatenate([[0], np.cumsum(ngroups)[:-1]]).astype(np.int32)
+        inst = np.zeros((m, T.INST_STRIDE), np.int32)
+        inst[:, T.INST_POLICY] = inst_policy
+        inst[:, T.INST_REGION] = _pad(rows.region[:n], m)
+        inst[:, T.INST_GROUPS_START] = starts
+        inst[:, T.INST_NGROUPS] = ngroups
+        groups = rows.groups[:n]
+        out = {"inst": inst, "inst_group_list": groups[groups >= 0] if n else np.zeros(0, np.int32)}
+        # rows keep group slots left-aligned, so the row-major mask order is list order
+        live = rows.running[:n, None] & (rows.addr_ver[:n] > 0)
+        inst_idx, which = np.nonzero(live)
+        values = (inst_idx * 2 + (which == 2)).astype(np.int32)     # slot 2 is the public address
+        ver = rows.addr_ver[inst_idx, which]
+        hi = rows.addr_hi[inst_idx, which]
+        lo = rows.addr_lo[inst_idx, which]
+        v4 = ver == 4
+        out["addr4"], bits4 = build_v4(lo[v4].astype(np.uint32), values[v4])
+        out["addr6_hi"], out["addr6_lo"], out["addr6_val"], bits6 = build_v6(hi[~v4], lo[~v4], values[~v4])
+        out["addr4_shift"] = np.int64(64 - bits4)
+        out["addr6_shift"] = np.int64(64 - bits6)
+        return out
+
+
+def _pad(a: np.ndarray, m: int) -> np.ndarray:
+    out = np.zeros(m, a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _shift(a: np.ndarray, by: int) -> np.ndarray:
+    """Shift indexes by ``by``, keeping -1 (none) as -1."""
+    return np.where(a >= 0, a + by, a).astype(np.int32)
+
+
+def _records(*columns) -> np.ndarray:
+    """Interleave equal-length int columns into flat int32 records."""
+    return np.stack([np.asarray(c, np.int64) for c in columns], axis=1).astype(np.int32).reshape(-1)
+
+
+def _link_directions(dirs: list[DirectionTables]) -> dict:
+    """Concatenate per-direction tables into the flat sections of ``KernelTables``,
+    shifting each direction's local indexes by what precedes it."""
+    parts = {k: [] for k in ("pd", "rank", "slot", "pt_start_key", "pt_class", "cls", "v4_start",
+                             "v4_rank", "v6_start_hi", "v6_start_lo", "v6_rank", "grp",
+                             "pd_proto_slot")}
+    n_rank = n_slot = n_pt = n_cls = n4 = n6 = ng = 0
+    for d in dirs:
+        parts["pd"].append(_records([n_rank], [n_slot], [int(d.default_accept)]))
+        parts["rank"].append(_records(d.rank_rule, d.rank_action))
+        parts["slot"].append(_records(_shift(d.slot_wild, n_cls), d.slot_pt_start + n_pt, d.slot_pt_len))
+        parts["pt_start_key"].append(d.pt_start_key)
+        parts["pt_class"].append(_shift(d.pt_class, n_cls))
+        parts["cls"].append(_records(d.cls_v4_start + n4, d.cls_v4_len, d.cls_v6_start + n6,
+                                     d.cls_v6_len, d.cls_grp_start + ng, d.cls_grp_len))
+        parts["grp"].append(_records(d.grp_rank, d.grp_group))
+        parts["pd_proto_slot"].append(d.proto_slot)
+        for k in ("v4_start", "v4_rank", "v6_start_hi", "v6_start_lo", "v6_rank"):
+            parts[k].append(getattr(d, k))
+        n_rank += len(d.rank_rule)
+        n_slot += len(d.slot_wild)
+        n_pt += len(d.pt_start_key)
+        n_cls += len(d.cls_v4_start)
+        n4 += len(d.v4_start)
+        n6 += len(d.v6_rank)
+        ng += len(d.grp_group)
+    return {k: np.concatenate(p) if p else np.zeros(0, T.SECTION_DTYPE[k]) for k, p in parts.items()}

@@ -1,0 +1,51 @@
+"""numba options and library-wide defaults, in one place.
+
+Every kernel is compiled with ``jit_options(...)``; no kernel writes its own ``cache=``,
+``parallel=`` or ``fastmath=``.  The environment variable ``FASTSG_NO_CACHE=1`` turns the
+on-disk cache off (useful when kernels are being edited).
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+
+# On-disk cache of compiled kernels: later processes skip the JIT warm-up.
+CACHE = os.environ.get("FASTSG_NO_CACHE", "") not in ("1", "true", "yes")
+# Integer-only kernels: fastmath gains nothing and must never change a verdict.
+FASTMATH = False
+# The GIL is released in every kernel, so a mutation can land while a classify runs.
+NOGIL = True
+
+# Packets per block when work is split over threads (also the unit of progress reports).
+BLOCK_PACKETS = 1 << 16
+
+
+def jit_options(parallel: bool = False, inline: bool = False) -> dict:
+    """Keyword arguments for ``numba.njit``: ``parallel`` for prange kernels, ``inline`` for
+    small scalar helpers called per packet (inlined at numba's IR level)."""
+    opts = {"cache": CACHE, "nogil": NOGIL, "fastmath": FASTMATH}
+    if parallel:
+        opts["parallel"] = True
+    if inline:
+        opts["inline"] = "always"
+    return opts
+
+
+def njit(parallel: bool = False, inline: bool = False):
+    """``numba.njit`` with the project's options: ``@njit()``, ``@njit(parallel=True)`` or
+    ``@njit(inline=True)`` for scalar helpers called per packet."""
+    return numba.njit(**jit_options(parallel, inline))
+
+
+def max_threads() -> int:
+    """Threads numba may use in this process (``NUMBA_NUM_THREADS``, default: all cores)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``threads`` option -> a concrete thread count (None or 0: all available)."""
+    limit = max_threads()
+    if threads is None or threads <= 0:
+        return limit
+    return min(int(threads), limit)

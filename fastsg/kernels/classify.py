@@ -1,0 +1,196 @@
+"""Bulk stateless classification (spec sections 2 and 3).
+
+Private kernel; ``fastsg.engine.Engine.classify`` validates, allocates and dispatches.
+Packets are independent without tracking, so blocks of packets run in parallel and give
+exactly the sequential result.  The per-packet steps are written in the loop body (see
+``lookup.py`` for why), in this order:
+
+1. status: non-IP -> UNMANAGED, malformed -> MALFORMED;
+2. source and destination address -> running instance (hash probe);
+3. egress check at the source's instance (peer = destination), then, if it accepted,
+   ingress check at the destination's instance (peer = source).  A check: protocol slot of
+   the instance's policy direction; least rank of the slot's wild class and of the port
+   class of the packet's port key; each class gives the least rank of its IPv4/IPv6
+   interval table at the peer address and of its group-peer rules whose group the peer's
+   instance holds; the least rank names the deciding rule, none means the order's default.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ..compile import tables as T
+from ..compile.addrmap import hash4, hash6
+from ..config import BLOCK_PACKETS, njit
+from ..schema import STATUS_IP, STATUS_MALFORMED
+from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
+                     _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
+                     _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, DROP, MALFORMED,
+                     NO_RANK, RULE_DEFAULT, UNMANAGED, port_key)
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(parallel=True)
+def _classify_stateless(t, p, verdict, egress_rule, ingress_rule):
+    """t: KernelTables; p: PacketColumns (schema columns, n each).  Fills verdict uint8[n],
+    egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not happen)."""
+    I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off
+    shift4, shift6 = t.addr4_shift, t.addr6_shift
+    mask4 = (np.int64(1) << (64 - shift4)) - 1
+    mask6 = (np.int64(1) << (64 - shift6)) - 1
+    # section starts as scalars: one load per table access instead of two
+    o_addr4, o_addr6_hi, o_addr6_lo, o_addr6_val = O[_ADDR4], O[_ADDR6_HI], O[_ADDR6_LO], O[_ADDR6_VAL]
+    o_inst, o_inst_groups, o_pd, o_proto_slot = O[_INST], O[_INST_GROUP_LIST], O[_PD], O[_PD_PROTO_SLOT]
+    o_slot, o_pt_key, o_pt_class, o_cls = O[_SLOT], O[_PT_START_KEY], O[_PT_CLASS], O[_CLS]
+    o_v4_start, o_v4_rank, o_v6_hi, o_v6_lo, o_v6_rank = (O[_V4_START], O[_V4_RANK], O[_V6_START_HI],
+                                                          O[_V6_START_LO], O[_V6_RANK])
+    o_grp, o_rank = O[_GRP], O[_RANK]
+    status, ipver, proto, dport = p.status, p.ipver, p.proto, p.dport
+    src_hi, src_lo, dst_hi, dst_lo = p.src_hi, p.src_lo, p.dst_hi, p.dst_lo
+    icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
+    n = len(status)
+    nblocks = (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS
+    for b in prange(nblocks):
+        for i in range(b * BLOCK_PACKETS, min(n, (b + 1) * BLOCK_PACKETS)):
+            st = status[i]
+            egress_rule[i] = -1
+            ingress_rule[i] = -1
+            if st != STATUS_IP:
+                verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
+                continue
+            ver = ipver[i]
+            # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
+            s_val = -1
+            d_val = -1
+            for side in range(2):
+                hi = src_hi[i] if side == 0 else dst_hi[i]
+                lo = src_lo[i] if side == 0 else dst_lo[i]
+                if ver == 4:
+                    a = np.uint32(lo)
+                    h = np.int64(hash4(a, shift4))
+                    e = U64[o_addr4 + h]
+                    while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
+                        h = (h + 1) & mask4
+                        e = U64[o_addr4 + h]
+                    val = np.int64(np.int32(np.uint32(e & _LOW32)))
+                else:
+                    h = np.int64(hash6(hi, lo, shift6))
+                    while I[o_addr6_val + h] != -1 and (U64[o_addr6_hi + h] != hi
+                                                        or U64[o_addr6_lo + h] != lo):
+                        h = (h + 1) & mask6
+                    val = np.int64(I[o_addr6_val + h])
+                if side == 0:
+                    s_val = val
+                else:
+                    d_val = val
+            if s_val < 0 and d_val < 0:
+                verdict[i] = UNMANAGED
+                continue
+            key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
+            v = ACCEPT
+            # -- 3. egress check (side 0) then ingress check (side 1)
+            for side in range(2):
+                if side == 0:
+                    if s_val < 0:
+                        continue
+                    inst = s_val >> 1
+                    direction = 1
+                    peer_hi = dst_hi[i]
+                    peer_lo = dst_lo[i]
+                    peer_val = d_val
+                else:
+                    if d_val < 0 or v != ACCEPT:
+                        continue
+                    inst = d_val >> 1
+                    direction = 0
+                    peer_hi = src_hi[i]
+                    peer_lo = src_lo[i]
+                    peer_val = s_val
+                irec = o_inst + inst * T.INST_STRIDE
+                pd = I[irec + T.INST_POLICY] * 2 + direction
+                prec = o_pd + pd * T.PD_STRIDE
+                srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + proto[i]]) * T.SLOT_STRIDE
+                # group peers: private addresses of running instances in the same region
+                peer_inst = -1
+                if peer_val >= 0 and (peer_val & 1) == 0:
+                    peer_inst = peer_val >> 1
+                    if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
+                        peer_inst = -1
+                best = NO_RANK
+                for part in range(2):
+                    c = -1
+                    if part == 0:
+                        c = I[srec + T.SLOT_WILD]
+                    else:
+                        m = I[srec + T.SLOT_PT_LEN]
+                        if m > 0:
+                            base = o_pt_key + I[srec + T.SLOT_PT_START]
+                            while m > 1:        # branch-free: the compare feeds an add
+                                half = m >> 1
+                                base += half * (I[base + half] <= key)
+                                m -= half
+                            c = I[o_pt_class - o_pt_key + base]
+                    if c < 0:
+                        continue
+                    crec = o_cls + c * T.CLS_STRIDE
+                    # class c: interval table of the peer's IP version
+                    if ver == 4:
+                        m = I[crec + T.CLS_V4_LEN]
+                        if m > 0:
+                            x = np.uint32(peer_lo)
+                            base = o_v4_start + I[crec + T.CLS_V4_START]
+                            while m > 1:
+                                half = m >> 1
+                                base += half * (U32[base + half] <= x)
+                                m -= half
+                            r = I[o_v4_rank - o_v4_start + base]
+                            if r < best:
+                                best = r
+                    else:
+                        m = I[crec + T.CLS_V6_LEN]
+                        if m > 0:
+                            base = I[crec + T.CLS_V6_START]
+                            while m > 1:
+                                half = m >> 1
+                                mid = base + half
+                                mh = U64[o_v6_hi + mid]
+                                le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
+                                base += half * le
+                                m -= half
+                            r = I[o_v6_rank + base]
+                            if r < best:
+                                best = r
+                    # group-peer rules by rank: the first whose group the peer holds decides
+                    m = I[crec + T.CLS_GRP_LEN]
+                    if m > 0 and peer_inst >= 0:
+                        g0 = I[crec + T.CLS_GRP_START]
+                        prec_i = o_inst + peer_inst * T.INST_STRIDE
+                        gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
+                        ng = I[prec_i + T.INST_NGROUPS]
+                        for k in range(g0, g0 + m):
+                            grec = o_grp + k * T.GRP_STRIDE
+                            r = I[grec + T.GRP_RANK]
+                            if r >= best:
+                                break
+                            g = I[grec + T.GRP_GROUP]
+                            hit = False
+                            for q in range(ng):
+                                if I[gbase + q] == g:
+                                    hit = True
+                                    break
+                            if hit:
+                                best = r
+                                break
+                rule = RULE_DEFAULT
+                if best == NO_RANK:
+                    v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
+                else:
+                    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
+                    v = I[rrec + T.RANK_ACTION]
+                    rule = I[rrec + T.RANK_RULE]
+                if side == 0:
+                    egress_rule[i] = rule
+                else:
+                    ingress_rule[i] = rule
+            verdict[i] = v

@@ -1,0 +1,556 @@
+"""Hypothesis strategies: valid worlds in file syntax, packet batches biased to boundaries,
+and World-API mutations.
+
+* ``world_dicts(order=None)`` -> a dict that ``World.from_dict`` accepts (spec section 1).
+  Small on purpose so collisions happen: few groups, few instances, a small address
+  universe, a small set of ports/priorities.  Covers IPv4 and IPv6, nested/overlapping
+  CIDRs incl. /0, /32 and /128, group peers by id, by name and another account's
+  ``owner/sg-id``, public addresses, stopped/terminated instances (whose addresses may
+  repeat a running instance's), all three orders (world-level and per-instance),
+  allow/deny/reject, explicit priorities with ties, tcp/udp port ranges, icmp/icmpv6
+  type/code incl. -1, ``all``/``-1``, numeric protocols, egress omitted / ``[]`` / explicit,
+  instances with up to 5 groups, a second account and (sometimes) a second region.
+* ``packet_batches(world)`` -> a ``fastsg.PacketBatch`` whose packets are drawn from the
+  world's own addresses, CIDR edges (first/last address +-1), port-range edges +-1, ICMP
+  values of the rules, unknown addresses; mixed IPv4/IPv6; protocols 6/17/1/58/47/other;
+  non-first fragments; a few non-IP and malformed records.  ``world`` may be a ``World`` or
+  a world dict.
+* ``mutations(world)`` -> one (name, kwargs) World-API call, usually valid, sometimes not.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+from hypothesis import strategies as st
+
+REGION = "us-east-1"
+REGION2 = "eu-west-1"
+OWNER_DEFAULT = "000000000000"
+OWNER2 = "111122223333"
+OWNERS = (OWNER_DEFAULT, OWNER2)
+ORDERS = ("allow,deny", "deny,allow", "priority")
+
+# ---- the address universe (small: collisions and CIDR edges happen) -------------------
+V4_PRIVATE = [f"10.0.0.{i}" for i in range(1, 15)] + [f"10.0.1.{i}" for i in range(1, 4)]
+V4_PUBLIC = [f"54.1.2.{i}" for i in range(1, 8)]
+V6_PRIVATE = [f"2001:db8::{i:x}" for i in range(1, 15)] + [f"2001:db8:0:1::{i:x}" for i in range(1, 4)]
+V4_UNKNOWN = ["192.0.2.1", "198.51.100.7", "0.0.0.0", "255.255.255.255", "10.255.255.255",
+              "11.0.0.0", "9.255.255.255", "10.0.0.0", "10.0.0.15", "10.0.0.16"]
+V6_UNKNOWN = ["2001:db8:ffff::1", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe80::1",
+              "2001:db8::", "2001:db8::f", "2001:db8::10", "2001:db9::", "::ffff:10.0.0.1"]
+
+V4_PREFIXES = (0, 8, 16, 24, 28, 29, 30, 31, 32, 32)
+V6_PREFIXES = (0, 32, 64, 120, 124, 126, 127, 128, 128)
+
+PORTS = (0, 1, 21, 22, 23, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65534, 65535)
+ICMP_TYPES = (0, 3, 8, 11, 128, 129, 255)
+ICMP_CODES = (0, 1, 13, 255)
+PRIORITIES = (0, 1, 100, 100, 1000, 65535)
+GROUP_NAMES = ("web", "db", "app", "ops", "cache")
+
+# protocol spellings in file syntax
+PROTO_SPELLINGS = ("tcp", "udp", "icmp", "icmpv6", "all", "-1", -1, 6, 17, 1, 58, 47, 50, 0, 255, 132)
+PROTO_NUMBER = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "all": -1, "-1": -1}
+
+
+def proto_number(p) -> int:
+    return PROTO_NUMBER[p] if isinstance(p, str) else int(p)
+
+
+# ---------------------------------------------------------------------------------------
+# worlds
+# ---------------------------------------------------------------------------------------
+@st.composite
+def cidrs(draw, version=None):
+    if version is None:
+        version = draw(st.sampled_from((4, 4, 6)))
+    if version == 4:
+        base = draw(st.sampled_from(V4_PRIVATE + V4_PRIVATE + V4_PUBLIC + V4_UNKNOWN))
+        plen = draw(st.sampled_from(V4_PREFIXES))
+    else:
+        base = draw(st.sampled_from(V6_PRIVATE + V6_UNKNOWN[:2]))
+        plen = draw(st.sampled_from(V6_PREFIXES))
+    return str(ipaddress.ip_network(f"{base}/{plen}", strict=False))
+
+
+@st.composite
+def port_spec(draw):
+    """None (omitted), a single port, or a 'lo-hi' range."""
+    kind = draw(st.sampled_from(("none", "single", "range", "range", "full")))
+    if kind == "none":
+        return None
+    if kind == "full":
+        return "0-65535"
+    if kind == "single":
+        return draw(st.sampled_from(PORTS))
+    a, b = draw(st.sampled_from(PORTS)), draw(st.sampled_from(PORTS))
+    lo, hi = min(a, b), max(a, b)
+    return f"{lo}-{hi}"
+
+
+@st.composite
+def rule_dicts(draw, own, groups, rule_ids):
+    """One rule in file syntax for a rule list of group ``own``.
+
+    ``groups``: list of dicts with id/name/owner/region (the referencable groups);
+    ``rule_ids``: a set of explicit rule ids already used (updated).
+    """
+    rule = {}
+    proto = draw(st.sampled_from(PROTO_SPELLINGS))
+    rule["protocol"] = proto
+    num = proto_number(proto)
+    if num in (6, 17):
+        ports = draw(port_spec())
+        if ports is not None:
+            rule["ports"] = ports
+    elif num in (1, 58):
+        t = draw(st.sampled_from((None, None, -1) + ICMP_TYPES))
+        if t is not None:
+            rule["icmp_type"] = t
+        if t is not None and t != -1:
+            c = draw(st.sampled_from((None, None, -1) + ICMP_CODES))
+            if c is not None:
+                rule["icmp_code"] = c
+        elif t == -1 and draw(st.booleans()):
+            rule["icmp_code"] = -1
+    # the peer: a CIDR or a group in the same region
+    same_region = [g for g in groups if g["region"] == own["region"]]
+    if same_region and draw(st.integers(0, 2)) == 0:
+        target = draw(st.sampled_from(same_region))
+        forms = [f"{target['owner']}/{target['id']}"]
+        if target["owner"] == own["owner"]:
+            forms += [target["id"], target["id"], target["name"]]
+        rule["group"] = draw(st.sampled_from(forms))
+    else:
+        rule["cidr"] = draw(cidrs())
+    action = draw(st.sampled_from((None, None, "allow", "deny", "deny", "reject")))
+    if action is not None:
+        rule["action"] = action
+    prio = draw(st.sampled_from((None, None) + PRIORITIES))
+    if prio is not None:
+        rule["priority"] = prio
+    if draw(st.integers(0, 5)) == 0:
+        rid = f"sgr-{len(rule_ids):04x}"
+        rule_ids.add(rid)
+        rule["id"] = rid
+    return rule
+
+
+@st.composite
+def world_dicts(draw, order=None, max_groups=5, max_instances=6, max_rules=4):
+    """A valid world in file syntax.  ``order``: force the world-level order (instances
+    may still override it); None draws one (or omits it)."""
+    n_groups = draw(st.integers(1, max_groups))
+    two_regions = draw(st.integers(0, 4)) == 0
+    groups = []
+    used_names = set()
+    for k in range(n_groups):
+        owner = draw(st.sampled_from(OWNERS))
+        region = REGION2 if (two_regions and k == n_groups - 1 and n_groups > 1) else REGION
+        free = [n for n in GROUP_NAMES if (owner, region, n) not in used_names]
+        name = draw(st.sampled_from(free))
+        used_names.add((owner, region, name))
+        groups.append({"id": f"sg-{k:02x}{k * 7 % 16:x}", "name": name, "owner": owner,
+                       "region": region})
+
+    rule_ids = set()
+    out_groups = []
+    for g in groups:
+        gd = {"id": g["id"], "name": g["name"]}
+        if g["owner"] != OWNER_DEFAULT or draw(st.booleans()):
+            gd["owner"] = g["owner"]
+        if g["region"] != REGION or draw(st.integers(0, 3)) == 0:
+            gd["region"] = g["region"]
+        n_in = draw(st.integers(0, max_rules))
+        gd["ingress"] = [draw(rule_dicts(g, groups, rule_ids)) for _ in range(n_in)]
+        eg = draw(st.sampled_from(("omit", "omit", "empty", "explicit", "explicit")))
+        if eg == "empty":
+            gd["egress"] = []
+        elif eg == "explicit":
+            n_eg = draw(st.integers(1, max_rules))
+            gd["egress"] = [draw(rule_dicts(g, groups, rule_ids)) for _ in range(n_eg)]
+        out_groups.append(gd)
+
+    # instances: running ones take distinct addresses; others may repeat anything
+    n_inst = draw(st.integers(0 if draw(st.integers(0, 9)) == 0 else 1, max_instances))
+    v4 = list(draw(st.permutations(V4_PRIVATE)))
+    v6 = list(draw(st.permutations(V6_PRIVATE)))
+    pub = list(draw(st.permutations(V4_PUBLIC)))
+    instances = []
+    for k in range(n_inst):
+        g0 = draw(st.sampled_from(groups))
+        owner, region = g0["owner"], g0["region"]
+        mine = [g for g in groups if g["owner"] == owner and g["region"] == region]
+        state = draw(st.sampled_from(("running",) * 5 + ("stopped", "terminated")))
+        inst = {"id": f"i-{k:03x}"}
+        if state == "running":
+            inst["private_ip"] = v4.pop()
+            if draw(st.booleans()):
+                inst["private_ipv6"] = v6.pop()
+            if draw(st.integers(0, 2)) == 0:
+                inst["public_ip"] = pub.pop()
+        else:
+            inst["private_ip"] = draw(st.sampled_from(V4_PRIVATE))
+            if draw(st.booleans()):
+                inst["private_ipv6"] = draw(st.sampled_from(V6_PRIVATE))
+            if draw(st.integers(0, 2)) == 0:
+                inst["public_ip"] = draw(st.sampled_from(V4_PUBLIC))
+        if owner != OWNER_DEFAULT or draw(st.integers(0, 3)) == 0:
+            inst["owner"] = owner
+        if region != REGION or draw(st.integers(0, 3)) == 0:
+            inst["region"] = region
+        at_least = 0 if draw(st.integers(0, 9)) == 0 else 1      # an instance may hold no group
+        chosen = draw(st.lists(st.sampled_from(mine), min_size=at_least,
+                               max_size=min(5, len(mine)), unique_by=lambda g: g["id"]))
+        inst["groups"] = [draw(st.sampled_from((g["id"], g["id"], g["name"]))) for g in chosen]
+        io = draw(st.sampled_from((None, None, None) + ORDERS))
+        if io is not None:
+            inst["order"] = io
+        if state != "running" or draw(st.integers(0, 3)) == 0:
+            inst["state"] = state
+        instances.append(inst)
+
+    world = {"version": 1, "region": REGION}
+    if order is not None:
+        world["order"] = order
+    else:
+        wo = draw(st.sampled_from((None,) + ORDERS))
+        if wo is not None:
+            world["order"] = wo
+    world["security_groups"] = out_groups
+    world["instances"] = instances
+    return world
+
+
+# ---------------------------------------------------------------------------------------
+# facts about a world (a World object or a world dict), for packet generation
+# ---------------------------------------------------------------------------------------
+def _rules_of_dict(world: dict):
+    for g in world.get("security_groups", []):
+        for r in g.get("ingress", []) or []:
+            yield r
+        for r in g.get("egress", []) or []:
+            yield r
+
+
+def _ports_of(spec):
+    if spec is None:
+        return (0, 65535)
+    if isinstance(spec, int):
+        return (spec, spec)
+    s = str(spec)
+    if "-" in s:
+        a, b = s.split("-")
+        return (int(a), int(b))
+    return (int(s), int(s))
+
+
+def world_rng_stopped(inst) -> bool:
+    """Let one in a few non-running instances hold rules too (their packets are UNMANAGED)."""
+    return sum(map(ord, inst.id)) % 4 == 0
+
+
+def world_facts(world):
+    """What is worth sending at a world: a dict with
+    ``v4``/``v6``: (running instances' addresses, every other interesting address: other
+    instances', CIDR first/last +-1, unknown ones), ``ports`` (dports incl. range edges +-1),
+    ``types``/``codes`` (ICMP values of the rules and a few more)."""
+    running, others = set(), set()
+    targets = []
+    nets = []
+    port_edges = set()
+    types, codes = set(), set()
+    if isinstance(world, dict):
+        for inst in world.get("instances", []):
+            bucket = running if inst.get("state", "running") == "running" else others
+            for k in ("private_ip", "private_ipv6", "public_ip"):
+                if inst.get(k):
+                    bucket.add(ipaddress.ip_address(inst[k]))
+        for r in _rules_of_dict(world):
+            if "cidr" in r:
+                nets.append(ipaddress.ip_network(r["cidr"]))
+            lo, hi = _ports_of(r.get("ports"))
+            port_edges.update((lo, hi))
+            if r.get("icmp_type") is not None:
+                types.add(int(r["icmp_type"]))
+            if r.get("icmp_code") is not None:
+                codes.add(int(r["icmp_code"]))
+    else:
+        targets = []
+        for g in world.groups.values():
+            holders = [a for i in world.instances.values() if g.id in i.groups
+                       and (i.state == "running" or world_rng_stopped(i))
+                       for a in i.addresses()]
+            for direction in ("ingress", "egress"):
+                for r in g.rules(direction):
+                    if r.group is not None:
+                        peers = [a for i in world.instances.values() if r.group in i.groups
+                                 for a in i.addresses()]
+                    else:
+                        peers = []
+                    targets.append((direction, holders, r, peers))
+        for inst in world.instances.values():
+            bucket = running if inst.state == "running" else others
+            for a in (inst.private_ip, inst.private_ipv6, inst.public_ip):
+                if a is not None:
+                    bucket.add(a)
+        for g in world.groups.values():
+            for r in list(g.ingress) + list(g.egress):
+                if r.cidr is not None:
+                    nets.append(r.cidr)
+                port_edges.update((r.port_lo, r.port_hi))
+                types.add(r.icmp_type)
+                codes.add(r.icmp_code)
+    for net in nets:
+        first, last = int(net.network_address), int(net.broadcast_address)
+        top = (1 << net.max_prefixlen) - 1
+        for v in (first - 1, first, first + 1, last - 1, last, last + 1):
+            if 0 <= v <= top:
+                others.add(ipaddress.IPv4Address(v) if net.version == 4 else ipaddress.IPv6Address(v))
+    for a in V4_PRIVATE[:3] + V4_PUBLIC[:2] + V4_UNKNOWN + V6_PRIVATE[:3] + V6_UNKNOWN:
+        others.add(ipaddress.ip_address(a))
+    others -= running
+    ports = set(PORTS)
+    for p in port_edges:
+        for v in (p - 1, p, p + 1):
+            if 0 <= v <= 65535:
+                ports.add(v)
+    types = {t for t in types if t >= 0} | set(ICMP_TYPES)
+    codes = {c for c in codes if c >= 0} | set(ICMP_CODES)
+
+    def split(version):
+        return (sorted(str(a) for a in running if a.version == version),
+                sorted(str(a) for a in others if a.version == version))
+    return {"v4": split(4), "v6": split(6), "ports": sorted(ports), "types": sorted(types),
+            "codes": sorted(codes), "targets": [t for t in targets if t[1]]}
+
+
+# ---------------------------------------------------------------------------------------
+# packets
+# ---------------------------------------------------------------------------------------
+PACKET_PROTOS = (6, 6, 6, 17, 17, 1, 1, 58, 58, 47, 50, 0, 132, 255)
+
+# Packets are drawn through a ``random.Random``-like object (``st.randoms()``): one cheap
+# hypothesis draw per choice, still recorded and shrunk by hypothesis.
+
+
+def _address(rnd, facts, version):
+    """Mostly a running instance's address (so checks happen), else anything interesting."""
+    running, others = facts["v4"] if version == 4 else facts["v6"]
+    if running and rnd.random() < 0.6:
+        return rnd.choice(running)
+    return rnd.choice(others)
+
+
+def _near(rnd, lo, hi, top):
+    """A value at or just around the edges of [lo, hi], or inside."""
+    v = rnd.choice(("lo", "hi", "in", "in", "lo-1", "hi+1"))
+    if v == "lo":
+        return lo
+    if v == "hi":
+        return hi
+    if v == "in":
+        return rnd.randint(lo, hi)
+    return max(0, lo - 1) if v == "lo-1" else min(top, hi + 1)
+
+
+def targeted_row(rnd, facts):
+    """A packet aimed at one rule: at an instance holding the rule's group, from/to the rule's
+    peer (inside the CIDR or at its edges, or a member of the peer group), with the rule's
+    protocol and ports/ICMP values or values just outside them.  None if not expressible."""
+    direction, holders, rule, peers = rnd.choice(facts["targets"])
+    if rule.cidr is not None:
+        net = rule.cidr
+        version = net.version
+        v = _near(rnd, int(net.network_address), int(net.broadcast_address), (1 << net.max_prefixlen) - 1)
+        peer = ipaddress.IPv4Address(v) if version == 4 else ipaddress.IPv6Address(v)
+    else:
+        peer = rnd.choice(peers) if peers else None
+        version = peer.version if peer is not None else rnd.choice((4, 6))
+    mine = [a for a in holders if a.version == version]
+    if not mine:
+        return None
+    me = rnd.choice(mine)
+    if peer is None or rnd.random() < 0.1:
+        running, others = facts["v4"] if version == 4 else facts["v6"]
+        peer = rnd.choice(running + others)
+    src, dst = (peer, me) if direction == "ingress" else (me, peer)
+    if rule.protocol == -1 or rnd.random() < 0.1:
+        proto = rnd.choice(PACKET_PROTOS)
+    else:
+        proto = rule.protocol
+    dport = _near(rnd, rule.port_lo, rule.port_hi, 65535)
+    itype = _near(rnd, rule.icmp_type, rule.icmp_type, 255) if rule.icmp_type >= 0 \
+        else rnd.choice(facts["types"])
+    icode = _near(rnd, rule.icmp_code, rule.icmp_code, 255) if rule.icmp_code >= 0 \
+        else rnd.choice(facts["codes"])
+    if proto not in (1, 58):
+        itype = icode = 0
+    frag = 1 if rnd.random() < 0.1 else 0
+    flags = rnd.choice((0x02, 0x10, 0x12))
+    return (str(src), str(dst), proto, 40000, dport, itype, icode, frag, flags, 0)
+
+
+def random_row(rnd, facts):
+    """A packet between interesting addresses with boundary-biased fields; a few non-IP
+    (status 1) and malformed (status 2) records."""
+    has_v6 = bool(facts["v6"][0])
+    version = rnd.choice((4, 4, 6, 6) if has_v6 else (4, 4, 4, 6))
+    src = _address(rnd, facts, version)
+    dst = _address(rnd, facts, version)
+    proto = rnd.choice(PACKET_PROTOS) if rnd.random() < 0.8 else rnd.randint(0, 255)
+    dport = rnd.choice(facts["ports"])
+    sport = rnd.choice((0, 22, 80, 1024, 40000, 65535))
+    itype = rnd.choice(facts["types"]) if proto in (1, 58) else 0
+    icode = rnd.choice(facts["codes"]) if proto in (1, 58) else 0
+    frag = 1 if rnd.random() < 0.1 else 0
+    flags = rnd.choice((0x02, 0x10, 0x12, 0x04, 0x11, 0))
+    r = rnd.random()
+    status = 1 if r < 0.03 else 2 if r < 0.06 else 0
+    return (src, dst, proto, sport, dport, itype, icode, frag, flags, status)
+
+
+def make_rows(rnd, facts, n):
+    rows = []
+    for _ in range(n):
+        row = None
+        if facts["targets"] and rnd.random() < 0.5:
+            row = targeted_row(rnd, facts)
+        rows.append(row if row is not None else random_row(rnd, facts))
+    return rows
+
+
+def batch_from_rows(rows, ts=None):
+    """Rows (src, dst, proto, sport, dport, icmp_type, icmp_code, frag, tcp_flags, status)
+    -> PacketBatch.  ``ts``: optional timestamps (ns)."""
+    from fastsg import PacketBatch
+    if not rows:
+        return PacketBatch.empty(0)
+    cols = list(zip(*rows))
+    src, dst, proto, sport, dport, itype, icode, frag, flags, status = cols
+    kw = {}
+    if ts is not None:
+        kw["ts"] = np.asarray(ts, dtype=np.int64)
+    batch = PacketBatch.from_arrays(
+        src=list(src), dst=list(dst), proto=list(proto), sport=list(sport), dport=list(dport),
+        icmp_type=list(itype), icmp_code=list(icode), tcp_flags=list(flags), frag=list(frag),
+        **kw)
+    # from_arrays marks every record as IP: set the status afterwards
+    st_arr = np.asarray(status, dtype=np.uint8)
+    batch.columns["status"][:] = st_arr
+    batch.columns["ipver"][st_arr == 1] = 0          # a non-IP frame has no IP version
+    return batch
+
+
+@st.composite
+def packet_rows(draw, world, n_min=0, n_max=40):
+    facts = world_facts(world)
+    n = draw(st.integers(n_min, n_max))
+    rnd = draw(st.randoms(use_true_random=False))
+    return make_rows(rnd, facts, n)
+
+
+@st.composite
+def packet_batches(draw, world, n_min=0, n_max=40):
+    """A PacketBatch of packets worth sending at ``world`` (a World or a world dict)."""
+    return batch_from_rows(draw(packet_rows(world, n_min, n_max)))
+
+
+# ---------------------------------------------------------------------------------------
+# mutations through the World API
+# ---------------------------------------------------------------------------------------
+def _group_infos(world):
+    return [{"id": g.id, "name": g.name, "owner": g.owner, "region": g.region}
+            for g in world.groups.values()]
+
+
+@st.composite
+def mutations(draw, world):
+    """One World-API call as (method name, kwargs).  Mostly valid; sometimes invalid
+    (already attached, unknown rule id, duplicate address, ...) so that refusal is tested."""
+    kind = draw(st.sampled_from(("authorize", "authorize", "revoke", "attach", "detach",
+                                 "launch", "terminate")))
+    groups = list(world.groups.values())
+    instances = list(world.instances.values())
+    infos = _group_infos(world)
+    if kind == "authorize" or (not instances and kind in ("attach", "detach", "terminate")):
+        g = draw(st.sampled_from(groups))
+        direction = draw(st.sampled_from(("ingress", "egress")))
+        rule = draw(rule_dicts({"id": g.id, "name": g.name, "owner": g.owner, "region": g.region},
+                               infos, set()))
+        if "id" in rule:       # fresh: the revision only grows (no state outside the world)
+            rule["id"] = f"sgr-r{world.revision:05x}"
+        return "authorize", {"group": g.id, "direction": direction, "rule": rule}
+    if kind == "revoke":
+        g = draw(st.sampled_from(groups))
+        direction = draw(st.sampled_from(("ingress", "egress")))
+        ids = [r.id for r in g.rules(direction)]
+        if ids and draw(st.integers(0, 5)) > 0:
+            return "revoke", {"group": g.id, "direction": direction,
+                              "rule_id": draw(st.sampled_from(ids))}
+        return "revoke", {"group": g.id, "direction": direction, "rule_id": "sgr-nonexistent"}
+    if kind == "attach":
+        inst = draw(st.sampled_from(instances))
+        same = [g for g in groups if g.owner == inst.owner and g.region == inst.region]
+        g = draw(st.sampled_from(same if same and draw(st.integers(0, 5)) > 0 else groups))
+        return "attach", {"instance": inst.id, "group": g.id}
+    if kind == "detach":
+        inst = draw(st.sampled_from(instances))
+        if inst.groups and draw(st.integers(0, 5)) > 0:
+            return "detach", {"instance": inst.id, "group": draw(st.sampled_from(inst.groups))}
+        return "detach", {"instance": inst.id, "group": draw(st.sampled_from(groups)).id}
+    if kind == "terminate":
+        inst = draw(st.sampled_from(instances))
+        return "terminate", {"instance": inst.id}
+    # launch: a fresh id (instances are never removed); addresses from the small universe
+    # (they may collide with a running instance's -> refused)
+    g0 = draw(st.sampled_from(groups))
+    same = [g for g in groups if g.owner == g0.owner and g.region == g0.region]
+    chosen = draw(st.lists(st.sampled_from(same), min_size=1, max_size=min(5, len(same)),
+                           unique_by=lambda g: g.id))
+    d = {"id": f"i-m{len(world.instances):03x}", "private_ip": draw(st.sampled_from(V4_PRIVATE)),
+         "owner": g0.owner, "region": g0.region,
+         "groups": [draw(st.sampled_from((g.id, g.name))) for g in chosen]}
+    if draw(st.booleans()):
+        d["private_ipv6"] = draw(st.sampled_from(V6_PRIVATE))
+    if draw(st.integers(0, 2)) == 0:
+        d["public_ip"] = draw(st.sampled_from(V4_PUBLIC))
+    o = draw(st.sampled_from((None, None) + ORDERS))
+    if o:
+        d["order"] = o
+    return "launch", {"instance_dict": d}
+
+
+# ---------------------------------------------------------------------------------------
+# the engine side of a comparison
+# ---------------------------------------------------------------------------------------
+def engine_class():
+    """``fastsg.Engine``, or None while the engine module does not exist yet (an engine
+    that exists but fails to import is an error, not a skip)."""
+    try:
+        from fastsg import Engine
+        return Engine
+    except ImportError:
+        import importlib.util
+        try:
+            spec = importlib.util.find_spec("fastsg.engine")
+        except ImportError:
+            spec = None
+        if spec is not None:
+            raise
+        return None
+
+
+def result_tuples(res) -> list:
+    """An engine ``Result`` -> [(verdict name, egress rule or None, ingress rule or None)],
+    the shape of ``NaiveResult.as_tuple()``."""
+    from fastsg import Verdict
+    names = list(res.rule_names)
+    verdicts = np.asarray(res.verdict).tolist()
+    eg = np.asarray(res.egress_rule).tolist()
+    ing = np.asarray(res.ingress_rule).tolist()
+    if not (len(verdicts) == len(eg) == len(ing)):
+        raise AssertionError(f"result columns of different lengths: {len(verdicts)}, {len(eg)}, {len(ing)}")
+    return [(Verdict(v).name, names[e] if e >= 0 else None, names[i] if i >= 0 else None)
+            for v, e, i in zip(verdicts, eg, ing)]

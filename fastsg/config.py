@@ -19,6 +19,9 @@ NOGIL = True
 
 # Packets per block when work is split over threads (also the unit of progress reports).
 BLOCK_PACKETS = 1 << 16
+# log2 of the stateless flow cache's entries per block (24 bytes each; 1024 entries keep it
+# in L1/L2).  0 turns the cache off.
+FLOW_CACHE_BITS = 10
 
 
 def jit_options(parallel: bool = False, inline: bool = False) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .batch import PacketBatch
 from .compile.compiler import CompiledWorld, Compiler
-from .config import resolve_threads
+from .config import FLOW_CACHE_BITS, resolve_threads
 from .kernels.classify import _classify_stateless
 
 
@@ -58,14 +58,17 @@ class Result:
 class Engine:
     """Classifies packet batches against a live ``World``.
 
-    ``Engine(world, stateful=False, threads=None)``: ``threads`` is the default thread count
-    of ``classify`` (None: all cores).  Any mutation of the world is visible to the very next
+    ``Engine(world, stateful=False, threads=None, flow_cache=True)``: ``threads`` is the
+    default thread count of ``classify`` (None: all cores); ``flow_cache`` keeps a small
+    per-thread cache of recent (addresses, protocol, port) outcomes within one classify call
+    (never across calls, so never stale; results are identical either way).  Any mutation of the world is visible to the very next
     ``classify``: each call first brings the compiled tables up to the world's revision
     (recompiling only what changed) and then runs on one immutable snapshot, so a mutation
     landing during a classify is seen entirely or not at all.
     """
 
-    def __init__(self, world, stateful: bool = False, threads: int | None = None):
+    def __init__(self, world, stateful: bool = False, threads: int | None = None,
+                 flow_cache: bool = True):
         if stateful:
             raise NotImplementedError(
                 "stateful tracking (spec section 4) is not implemented yet; "
@@ -73,6 +76,7 @@ class Engine:
         self.world = world
         self.stateful = stateful
         self.threads = threads
+        self.flow_cache = flow_cache
         self._lock = threading.Lock()
         self._compiler = Compiler(world)
         self.refresh()
@@ -104,8 +108,9 @@ class Engine:
             previous = numba.get_num_threads()
             numba.set_num_threads(nthreads)
             try:
-                _classify_stateless(compiled.kernel, batch.kernel_columns(), verdict, egress_rule,
-                                    ingress_rule)
+                cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
+                _classify_stateless(compiled.kernel, batch.kernel_columns(), cache_bits, verdict,
+                                    egress_rule, ingress_rule)
             finally:
                 numba.set_num_threads(previous)
         return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision)

@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ..compile import tables as T
-from ..compile.addrmap import hash4, hash6
+from ..compile.addrmap import _MUL, _MUL2, hash4, hash6
 from ..config import BLOCK_PACKETS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
@@ -29,12 +29,20 @@ from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST
                      NO_RANK, RULE_DEFAULT, UNMANAGED, port_key)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
+_MASK30 = np.uint64((1 << 30) - 1)
 
 
 @njit(parallel=True)
-def _classify_stateless(t, p, verdict, egress_rule, ingress_rule):
-    """t: KernelTables; p: PacketColumns (schema columns, n each).  Fills verdict uint8[n],
-    egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not happen)."""
+def _classify_stateless(t, p, cache_bits, verdict, egress_rule, ingress_rule):
+    """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
+    flow-cache entries per block (0: no cache).  Fills verdict uint8[n], egress_rule int32[n]
+    and ingress_rule int32[n] (-1 where the check did not happen).
+
+    Flow cache: without tracking, an IPv4 packet's outcome is a function of (source,
+    destination, protocol, port key) and the immutable tables, so each block keeps a small
+    direct-mapped cache of recent outcomes (3 uint64 per entry: addresses, protocol and key,
+    packed outcome).  Traffic with flow locality then mostly costs one probe.
+    """
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off
     shift4, shift6 = t.addr4_shift, t.addr6_shift
     mask4 = (np.int64(1) << (64 - shift4)) - 1
@@ -51,15 +59,31 @@ def _classify_stateless(t, p, verdict, egress_rule, ingress_rule):
     icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
     n = len(status)
     nblocks = (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS
+    cache_shift = np.uint64(64 - cache_bits)
     for b in prange(nblocks):
+        cache = np.zeros(3 << cache_bits, np.uint64)
         for i in range(b * BLOCK_PACKETS, min(n, (b + 1) * BLOCK_PACKETS)):
             st = status[i]
-            egress_rule[i] = -1
-            ingress_rule[i] = -1
             if st != STATUS_IP:
                 verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
+                egress_rule[i] = -1
+                ingress_rule[i] = -1
                 continue
             ver = ipver[i]
+            key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
+            slot3 = -1
+            k1 = np.uint64(0)
+            k2 = np.uint64(0)
+            if ver == 4 and cache_bits > 0:
+                k1 = (src_lo[i] << np.uint64(32)) | dst_lo[i]
+                k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[i]) << np.uint64(20)) | np.uint64(key)
+                slot3 = 3 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
+                if cache[slot3] == k1 and cache[slot3 + 1] == k2:
+                    packed = cache[slot3 + 2]
+                    verdict[i] = np.uint8(packed & np.uint64(15))
+                    egress_rule[i] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
+                    ingress_rule[i] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+                    continue
             # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
             s_val = -1
             d_val = -1
@@ -84,113 +108,120 @@ def _classify_stateless(t, p, verdict, egress_rule, ingress_rule):
                     s_val = val
                 else:
                     d_val = val
-            if s_val < 0 and d_val < 0:
-                verdict[i] = UNMANAGED
-                continue
-            key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
-            v = ACCEPT
-            # -- 3. egress check (side 0) then ingress check (side 1)
-            for side in range(2):
-                if side == 0:
-                    if s_val < 0:
-                        continue
-                    inst = s_val >> 1
-                    direction = 1
-                    peer_hi = dst_hi[i]
-                    peer_lo = dst_lo[i]
-                    peer_val = d_val
-                else:
-                    if d_val < 0 or v != ACCEPT:
-                        continue
-                    inst = d_val >> 1
-                    direction = 0
-                    peer_hi = src_hi[i]
-                    peer_lo = src_lo[i]
-                    peer_val = s_val
-                irec = o_inst + inst * T.INST_STRIDE
-                pd = I[irec + T.INST_POLICY] * 2 + direction
-                prec = o_pd + pd * T.PD_STRIDE
-                srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + proto[i]]) * T.SLOT_STRIDE
-                # group peers: private addresses of running instances in the same region
-                peer_inst = -1
-                if peer_val >= 0 and (peer_val & 1) == 0:
-                    peer_inst = peer_val >> 1
-                    if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
-                        peer_inst = -1
-                best = NO_RANK
-                for part in range(2):
-                    c = -1
-                    if part == 0:
-                        c = I[srec + T.SLOT_WILD]
+            v = UNMANAGED
+            eg = -1
+            ig = -1
+            if s_val >= 0 or d_val >= 0:
+                v = ACCEPT
+                # -- 3. egress check (side 0) then ingress check (side 1)
+                for side in range(2):
+                    if side == 0:
+                        if s_val < 0:
+                            continue
+                        inst = s_val >> 1
+                        direction = 1
+                        peer_hi = dst_hi[i]
+                        peer_lo = dst_lo[i]
+                        peer_val = d_val
                     else:
-                        m = I[srec + T.SLOT_PT_LEN]
-                        if m > 0:
-                            base = o_pt_key + I[srec + T.SLOT_PT_START]
-                            while m > 1:        # branch-free: the compare feeds an add
-                                half = m >> 1
-                                base += half * (I[base + half] <= key)
-                                m -= half
-                            c = I[o_pt_class - o_pt_key + base]
-                    if c < 0:
-                        continue
-                    crec = o_cls + c * T.CLS_STRIDE
-                    # class c: interval table of the peer's IP version
-                    if ver == 4:
-                        m = I[crec + T.CLS_V4_LEN]
-                        if m > 0:
-                            x = np.uint32(peer_lo)
-                            base = o_v4_start + I[crec + T.CLS_V4_START]
-                            while m > 1:
-                                half = m >> 1
-                                base += half * (U32[base + half] <= x)
-                                m -= half
-                            r = I[o_v4_rank - o_v4_start + base]
-                            if r < best:
-                                best = r
-                    else:
-                        m = I[crec + T.CLS_V6_LEN]
-                        if m > 0:
-                            base = I[crec + T.CLS_V6_START]
-                            while m > 1:
-                                half = m >> 1
-                                mid = base + half
-                                mh = U64[o_v6_hi + mid]
-                                le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
-                                base += half * le
-                                m -= half
-                            r = I[o_v6_rank + base]
-                            if r < best:
-                                best = r
-                    # group-peer rules by rank: the first whose group the peer holds decides
-                    m = I[crec + T.CLS_GRP_LEN]
-                    if m > 0 and peer_inst >= 0:
-                        g0 = I[crec + T.CLS_GRP_START]
-                        prec_i = o_inst + peer_inst * T.INST_STRIDE
-                        gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
-                        ng = I[prec_i + T.INST_NGROUPS]
-                        for k in range(g0, g0 + m):
-                            grec = o_grp + k * T.GRP_STRIDE
-                            r = I[grec + T.GRP_RANK]
-                            if r >= best:
-                                break
-                            g = I[grec + T.GRP_GROUP]
-                            hit = False
-                            for q in range(ng):
-                                if I[gbase + q] == g:
-                                    hit = True
+                        if d_val < 0 or v != ACCEPT:
+                            continue
+                        inst = d_val >> 1
+                        direction = 0
+                        peer_hi = src_hi[i]
+                        peer_lo = src_lo[i]
+                        peer_val = s_val
+                    irec = o_inst + inst * T.INST_STRIDE
+                    pd = I[irec + T.INST_POLICY] * 2 + direction
+                    prec = o_pd + pd * T.PD_STRIDE
+                    srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + proto[i]]) * T.SLOT_STRIDE
+                    # group peers: private addresses of running instances in the same region
+                    peer_inst = -1
+                    if peer_val >= 0 and (peer_val & 1) == 0:
+                        peer_inst = peer_val >> 1
+                        if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
+                            peer_inst = -1
+                    best = NO_RANK
+                    for part in range(2):
+                        c = -1
+                        if part == 0:
+                            c = I[srec + T.SLOT_WILD]
+                        else:
+                            m = I[srec + T.SLOT_PT_LEN]
+                            if m > 0:
+                                base = o_pt_key + I[srec + T.SLOT_PT_START]
+                                while m > 1:        # branch-free: the compare feeds an add
+                                    half = m >> 1
+                                    base += half * (I[base + half] <= key)
+                                    m -= half
+                                c = I[o_pt_class - o_pt_key + base]
+                        if c < 0:
+                            continue
+                        crec = o_cls + c * T.CLS_STRIDE
+                        # class c: interval table of the peer's IP version
+                        if ver == 4:
+                            m = I[crec + T.CLS_V4_LEN]
+                            if m > 0:
+                                x = np.uint32(peer_lo)
+                                base = o_v4_start + I[crec + T.CLS_V4_START]
+                                while m > 1:
+                                    half = m >> 1
+                                    base += half * (U32[base + half] <= x)
+                                    m -= half
+                                r = I[o_v4_rank - o_v4_start + base]
+                                if r < best:
+                                    best = r
+                        else:
+                            m = I[crec + T.CLS_V6_LEN]
+                            if m > 0:
+                                base = I[crec + T.CLS_V6_START]
+                                while m > 1:
+                                    half = m >> 1
+                                    mid = base + half
+                                    mh = U64[o_v6_hi + mid]
+                                    le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
+                                    base += half * le
+                                    m -= half
+                                r = I[o_v6_rank + base]
+                                if r < best:
+                                    best = r
+                        # group-peer rules by rank: the first whose group the peer holds decides
+                        m = I[crec + T.CLS_GRP_LEN]
+                        if m > 0 and peer_inst >= 0:
+                            g0 = I[crec + T.CLS_GRP_START]
+                            prec_i = o_inst + peer_inst * T.INST_STRIDE
+                            gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
+                            ng = I[prec_i + T.INST_NGROUPS]
+                            for k in range(g0, g0 + m):
+                                grec = o_grp + k * T.GRP_STRIDE
+                                r = I[grec + T.GRP_RANK]
+                                if r >= best:
                                     break
-                            if hit:
-                                best = r
-                                break
-                rule = RULE_DEFAULT
-                if best == NO_RANK:
-                    v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
-                else:
-                    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
-                    v = I[rrec + T.RANK_ACTION]
-                    rule = I[rrec + T.RANK_RULE]
-                if side == 0:
-                    egress_rule[i] = rule
-                else:
-                    ingress_rule[i] = rule
+                                g = I[grec + T.GRP_GROUP]
+                                hit = False
+                                for q in range(ng):
+                                    if I[gbase + q] == g:
+                                        hit = True
+                                        break
+                                if hit:
+                                    best = r
+                                    break
+                    rule = RULE_DEFAULT
+                    if best == NO_RANK:
+                        v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
+                    else:
+                        rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
+                        v = I[rrec + T.RANK_ACTION]
+                        rule = I[rrec + T.RANK_RULE]
+                    if side == 0:
+                        eg = rule
+                    else:
+                        ig = rule
             verdict[i] = v
+            egress_rule[i] = eg
+            ingress_rule[i] = ig
+            if slot3 >= 0:
+                cache[slot3] = k1
+                cache[slot3 + 1] = k2
+                cache[slot3 + 2] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
+                                    | (np.uint64(ig + 1) << np.uint64(34)))

@@ -1,0 +1,214 @@
+"""Engine-level properties: incremental recompiles, atomic swaps, thread and cache
+equivalence, table sharing between instances, and the PacketBatch constructors."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastsg import Engine, PacketBatch, Verdict, World
+from fastsg.compile.linear import build_linear
+from fastsg.generate import generate_traffic, generate_world
+from fastsg.kernels.linear import _classify_linear
+
+from naive import naive_classify, packets_from_batch
+from strategies import packet_batches, result_tuples, world_dicts
+
+
+def _world(n_roles=3, instances_per_role=4):
+    groups = []
+    for r in range(n_roles):
+        groups.append({"id": f"sg-{r}", "name": f"role{r}",
+                       "ingress": [{"protocol": "tcp", "ports": 80 + r, "cidr": "0.0.0.0/0"},
+                                   {"protocol": "tcp", "ports": 22, "group": f"sg-{(r + 1) % n_roles}"}]})
+    instances = []
+    k = 1
+    for r in range(n_roles):
+        for j in range(instances_per_role):
+            instances.append({"id": f"i-{r}-{j}", "private_ip": f"10.0.{r}.{j + 1}", "groups": [f"sg-{r}"]})
+            k += 1
+    return World.from_dict({"version": 1, "region": "r1", "security_groups": groups, "instances": instances})
+
+
+def _tuples(engine, batch):
+    return result_tuples(engine.classify(batch))
+
+
+def test_instances_sharing_a_group_list_share_one_policy():
+    w = World.from_dict(generate_world(2000, 50, 10_000, seed=3, roles=50))
+    engine = Engine(w)
+    distinct = {(tuple(i.groups), w.instance_order(i)) for i in w.instances.values() if i.running}
+    assert engine.compiled.policies == len(distinct)
+    assert engine.compiled.policies <= 60
+
+
+def test_rule_change_recompiles_only_policies_holding_the_group():
+    w = _world()
+    engine = Engine(w)
+    before = engine._compiler.policies_compiled
+    w.authorize("sg-1", "ingress", {"protocol": "udp", "ports": 53, "cidr": "10.0.0.0/8"})
+    engine.refresh()
+    assert engine._compiler.policies_compiled - before == 1
+
+
+def test_launch_and_terminate_recompile_nothing_when_the_group_list_exists():
+    w = _world()
+    engine = Engine(w)
+    before = engine._compiler.policies_compiled
+    w.launch({"id": "i-new", "private_ip": "10.0.9.9", "groups": ["sg-0"]})
+    engine.refresh()
+    w.terminate("i-0-0")
+    engine.refresh()
+    assert engine._compiler.policies_compiled == before
+
+
+def test_attach_compiles_only_the_new_group_list():
+    w = _world()
+    engine = Engine(w)
+    before = engine._compiler.policies_compiled
+    w.attach("i-0-0", "sg-2")
+    engine.refresh()
+    assert engine._compiler.policies_compiled - before == 1
+
+
+def test_mutation_visible_to_the_next_classify():
+    w = _world()
+    engine = Engine(w)
+    batch = PacketBatch.from_arrays(src=["192.0.2.1"], dst=["10.0.0.1"], proto=[17], dport=[53])
+    assert engine.classify(batch).row(0)[0] == "DROP"
+    rule = w.authorize("sg-0", "ingress", {"protocol": "udp", "ports": 53, "cidr": "192.0.2.0/24"})
+    assert engine.classify(batch).row(0) == ("ACCEPT", None, rule.id)
+    w.revoke("sg-0", "ingress", rule_id=rule.id)
+    assert engine.classify(batch).row(0)[0] == "DROP"
+
+
+def test_classify_during_mutations_sees_old_or_new_world_never_a_mix():
+    """Authorize/revoke flip-flop in one thread while another classifies: every batch is
+    entirely the verdicts of one of the two worlds."""
+    w = _world(n_roles=4, instances_per_role=8)
+    engine = Engine(w, threads=2)
+    dsts = [f"10.0.{r}.{j + 1}" for r in range(4) for j in range(8)] * 500
+    batch = PacketBatch.from_arrays(src=["198.51.100.1"] * len(dsts), dst=dsts, proto=[6] * len(dsts),
+                                    dport=[443] * len(dsts))
+    rule = {"protocol": "tcp", "ports": 443, "cidr": "198.51.100.0/24"}
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            for g in ("sg-0", "sg-1", "sg-2", "sg-3"):
+                w.authorize(g, "ingress", rule)
+            for g in ("sg-0", "sg-1", "sg-2", "sg-3"):
+                w.revoke(g, "ingress", rule=rule)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        seen = set()
+        for _ in range(40):
+            res = engine.classify(batch)
+            accepted = res.verdict == Verdict.ACCEPT
+            # one snapshot per batch: per role, all of its instances agree
+            per_role = accepted.reshape(500, 4, 8)
+            assert (per_role == per_role[0]).all()
+            assert (per_role[0] == per_role[0][:, :1]).all()
+            seen.add(tuple(per_role[0][:, 0]))
+    finally:
+        stop.set()
+        t.join()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_flow_cache_and_threads_change_nothing(data):
+    world = World.from_dict(data.draw(world_dicts()))
+    batch = data.draw(packet_batches(world, n_min=0, n_max=60))
+    # repeat the packets so the flow cache is hit
+    batch = PacketBatch.concat([batch, batch, batch])
+    expected = [r.as_tuple() for r in naive_classify(world, packets_from_batch(batch))]
+    for kwargs in ({"flow_cache": False, "threads": 1}, {"flow_cache": True, "threads": 1},
+                   {"flow_cache": True, "threads": 2}):
+        assert _tuples(Engine(world, **kwargs), batch) == expected, kwargs
+
+
+def test_linear_baseline_decides_like_the_engine():
+    w = World.from_dict(generate_world(500, 20, 100, deny_share=0.2, seed=5))
+    engine = Engine(w)
+    batch = generate_traffic(w, 5000, stateful=False, seed=6)
+    res = engine.classify(batch)
+    tables = build_linear(engine._compiler)
+    for scan_all in (False, True):
+        v = np.empty(len(batch), np.uint8)
+        e = np.empty(len(batch), np.int32)
+        i = np.empty(len(batch), np.int32)
+        _classify_linear(engine.compiled.kernel, tables, batch.kernel_columns(), scan_all, v, e, i)
+        assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
+
+
+def test_stateful_engine_not_available_yet():
+    with pytest.raises(NotImplementedError, match="stateful"):
+        Engine(_world(), stateful=True)
+
+
+def test_classify_rejects_non_batches():
+    with pytest.raises(TypeError):
+        Engine(_world()).classify([1, 2, 3])
+
+
+def test_result_counts_add_up():
+    w = _world()
+    batch = PacketBatch.from_arrays(src=["10.0.0.1", "1.2.3.4", "1.2.3.4"], dst=["10.0.1.1", "10.0.0.2", "5.6.7.8"],
+                                    proto=[6, 6, 6], dport=[22, 80, 80])
+    res = Engine(w).classify(batch)
+    counts = res.counts()
+    assert sum(counts.values()) == len(batch)
+    assert counts["UNMANAGED"] == 1
+    assert res.verdict.dtype == np.uint8
+    assert res.egress_rule.dtype == np.int32 and res.ingress_rule.dtype == np.int32
+    assert res.rule_names[:4] == ("default", "conntrack", "conntrack-related", "conntrack-full")
+
+
+def test_from_arrays_accepts_uint32_and_strings():
+    a = PacketBatch.from_arrays(src=np.array([0x0A000001], np.uint32), dst=np.array([0x0A000002], np.uint32),
+                                proto=[6], dport=[80])
+    b = PacketBatch.from_arrays(src=["10.0.0.1"], dst=["10.0.0.2"], proto=[6], dport=[80])
+    for name in a.columns:
+        assert (a.columns[name] == b.columns[name]).all(), name
+    assert str(b.address(0, "dst")) == "10.0.0.2"
+
+
+def test_from_arrays_rejects_mixed_versions_and_bad_lengths():
+    with pytest.raises(ValueError, match="different IP versions"):
+        PacketBatch.from_arrays(src=["10.0.0.1"], dst=["2001:db8::1"], proto=[6])
+    with pytest.raises(ValueError, match="entries"):
+        PacketBatch.from_arrays(src=["10.0.0.1"], dst=["10.0.0.2"], proto=[6, 6])
+    with pytest.raises(ValueError, match="out of range"):
+        PacketBatch.from_arrays(src=["10.0.0.1"], dst=["10.0.0.2"], proto=[6], dport=[70000])
+
+
+def test_from_scapy_reads_headers_and_marks_non_ip():
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+    pkts = [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1234, dport=80, flags="S", seq=7),
+            IP(src="10.0.0.1", dst="10.0.0.2", frag=10, proto=17) / (b"x" * 8),
+            Ether() / Dot1Q(vlan=5) / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=5, dport=53),
+            Ether() / ARP(),
+            IP(src="10.0.0.2", dst="10.0.0.1") / ICMP(type=3, code=3) / IPerror(src="10.0.0.1", dst="10.0.0.2")
+            / UDPerror(sport=40000, dport=53),
+            IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(type=8, id=77)]
+    for i, p in enumerate(pkts):
+        p.time = 1700000000 + i
+    b = PacketBatch.from_scapy(pkts)
+    assert list(b.status) == [0, 0, 0, 1, 0, 0]
+    assert (b.proto[0], b.dport[0], b.sport[0], b.tcp_flags[0], b.tcp_seq[0]) == (6, 80, 1234, 2, 7)
+    assert b.frag[1] == 1 and b.dport[1] == 0
+    assert b.ipver[2] == 6 and b.dport[2] == 53 and str(b.address(2, "src")) == "2001:db8::1"
+    assert b.emb_valid[4] == 1 and b.emb_proto[4] == 17 and b.emb_dport[4] == 53 and b.emb_sport[4] == 40000
+    assert b.icmp_id[5] == 77 and b.sport[5] == 77 and b.dport[5] == 77
+    assert b.ts[3] == (1700000000 + 3) * 10**9
+    res = Engine(_world()).classify(b)
+    assert Verdict(int(res.verdict[3])) is Verdict.UNMANAGED

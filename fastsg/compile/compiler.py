@@ -159,7 +159,7 @@ class Compiler:
             rows.addr_ver[i, j] = addr.version
         rows.key[i] = (tuple(inst.groups), self.world.instance_order(inst))
 
-    def _policy(self, key) -> tuple[DirectionTables, DirectionTables]:
+    def _policy(self, key) -> tuple["_LocalSections", "_LocalSections"]:
         tables = self.cache.get(key)
         if tables is None:
             group_ids, order = key
@@ -168,7 +168,8 @@ class Compiler:
             out = []
             for direction in DIRECTIONS:
                 canonical = [r for g in group_ids for r in world.groups[g].rules(direction)]
-                out.append(compile_direction(canonical, order, rule_index, self.groups.get))
+                out.append(_LocalSections(compile_direction(canonical, order, rule_index,
+                                                            self.groups.get)))
             tables = self.cache[key] = tuple(out)
             self.policies_compiled += 1
         return tables
@@ -238,34 +239,68 @@ def _shift(a: np.ndarray, by: int) -> np.ndarray:
 
 
 def _records(*columns) -> np.ndarray:
-    """Interleave equal-length int columns into flat int32 records."""
-    return np.stack([np.asarray(c, np.int64) for c in columns], axis=1).astype(np.int32).reshape(-1)
+    """Interleave equal-length int columns into int32 records, shape (n, len(columns))."""
+    return np.stack([np.asarray(c, np.int64) for c in columns], axis=1).astype(np.int32)
 
 
-def _link_directions(dirs: list[DirectionTables]) -> dict:
-    """Concatenate per-direction tables into the flat sections of ``KernelTables``,
-    shifting each direction's local indexes by what precedes it."""
-    parts = {k: [] for k in ("pd", "rank", "slot", "pt_start_key", "pt_class", "cls", "v4_start",
-                             "v4_rank", "v6_start_hi", "v6_start_lo", "v6_rank", "grp",
-                             "pd_proto_slot")}
-    n_rank = n_slot = n_pt = n_cls = n4 = n6 = ng = 0
-    for d in dirs:
-        parts["pd"].append(_records([n_rank], [n_slot], [int(d.default_accept)]))
-        parts["rank"].append(_records(d.rank_rule, d.rank_action))
-        parts["slot"].append(_records(_shift(d.slot_wild, n_cls), d.slot_pt_start + n_pt, d.slot_pt_len))
-        parts["pt_start_key"].append(d.pt_start_key)
-        parts["pt_class"].append(_shift(d.pt_class, n_cls))
-        parts["cls"].append(_records(d.cls_v4_start + n4, d.cls_v4_len, d.cls_v6_start + n6,
-                                     d.cls_v6_len, d.cls_grp_start + ng, d.cls_grp_len))
-        parts["grp"].append(_records(d.grp_rank, d.grp_group))
-        parts["pd_proto_slot"].append(d.proto_slot)
-        for k in ("v4_start", "v4_rank", "v6_start_hi", "v6_start_lo", "v6_rank"):
-            parts[k].append(getattr(d, k))
-        n_rank += len(d.rank_rule)
-        n_slot += len(d.slot_wild)
-        n_pt += len(d.pt_start_key)
-        n_cls += len(d.cls_v4_start)
-        n4 += len(d.v4_start)
-        n6 += len(d.v6_rank)
-        ng += len(d.grp_group)
-    return {k: np.concatenate(p) if p else np.zeros(0, T.SECTION_DTYPE[k]) for k, p in parts.items()}
+class _LocalSections:
+    """One compiled policy direction in the linked layout, with direction-local indexes
+    (made once per compile, so linking is a handful of whole-array operations)."""
+
+    __slots__ = ("default_accept", "sizes", "rank", "slot", "pt_start_key", "pt_class", "cls",
+                 "v4_start", "v4_rank", "v6_start_hi", "v6_start_lo", "v6_rank", "grp", "pd_proto_slot")
+
+    def __init__(self, d: DirectionTables):
+        self.default_accept = int(d.default_accept)
+        self.rank = _records(d.rank_rule, d.rank_action)
+        self.slot = _records(d.slot_wild, d.slot_pt_start, d.slot_pt_len)
+        self.pt_start_key = d.pt_start_key
+        self.pt_class = d.pt_class
+        self.cls = _records(d.cls_v4_start, d.cls_v4_len, d.cls_v6_start, d.cls_v6_len,
+                            d.cls_grp_start, d.cls_grp_len)
+        self.v4_start, self.v4_rank = d.v4_start, d.v4_rank
+        self.v6_start_hi, self.v6_start_lo, self.v6_rank = d.v6_start_hi, d.v6_start_lo, d.v6_rank
+        self.grp = _records(d.grp_rank, d.grp_group)
+        self.pd_proto_slot = d.proto_slot
+        # entries this direction adds to each index space the others shift by
+        self.sizes = (len(d.rank_rule), len(d.slot_wild), len(d.pt_start_key), len(d.cls_v4_start),
+                      len(d.v4_start), len(d.v6_rank), len(d.grp_group))
+
+
+def _link_directions(dirs: list[_LocalSections]) -> dict:
+    """Concatenate per-direction sections into the flat sections of ``KernelTables``,
+    shifting each direction's local indexes by the sizes of the directions before it."""
+    sizes = np.array([d.sizes for d in dirs], np.int64).reshape(-1, 7)
+    starts = np.cumsum(sizes, axis=0) - sizes            # exclusive prefix sums per index space
+    n_rank, n_slot, n_pt, n_cls = sizes[:, 0], sizes[:, 1], sizes[:, 2], sizes[:, 3]
+    s_rank, s_slot, s_pt, s_cls, s_v4, s_v6, s_grp = (starts[:, k] for k in range(7))
+
+    def cat(name, dtype, width=None):
+        parts = [getattr(d, name) for d in dirs]
+        if not parts:
+            return np.zeros((0, width) if width else 0, dtype)
+        return np.concatenate(parts).astype(dtype, copy=False)
+
+    out = {"pd": np.stack([s_rank, s_slot, [d.default_accept for d in dirs]], axis=1).astype(np.int32)
+           if dirs else np.zeros((0, 3), np.int32)}
+    slot = cat("slot", np.int32, 3).copy()
+    rep_cls = np.repeat(s_cls, n_slot)
+    slot[:, T.SLOT_WILD] = np.where(slot[:, T.SLOT_WILD] >= 0, slot[:, T.SLOT_WILD] + rep_cls, -1)
+    slot[:, T.SLOT_PT_START] += np.repeat(s_pt, n_slot).astype(np.int32)
+    out["slot"] = slot
+    pt_class = cat("pt_class", np.int32).copy()
+    out["pt_class"] = np.where(pt_class >= 0, pt_class + np.repeat(s_cls, n_pt), -1).astype(np.int32)
+    cls = cat("cls", np.int32, 6).copy()
+    cls[:, T.CLS_V4_START] += np.repeat(s_v4, n_cls).astype(np.int32)
+    cls[:, T.CLS_V6_START] += np.repeat(s_v6, n_cls).astype(np.int32)
+    cls[:, T.CLS_GRP_START] += np.repeat(s_grp, n_cls).astype(np.int32)
+    out["cls"] = cls
+    out["rank"] = cat("rank", np.int32, 2)
+    out["grp"] = cat("grp", np.int32, 2)
+    for name in ("pt_start_key", "v4_rank", "v6_rank"):
+        out[name] = cat(name, np.int32)
+    out["v4_start"] = cat("v4_start", np.uint32)
+    out["v6_start_hi"] = cat("v6_start_hi", np.uint64)
+    out["v6_start_lo"] = cat("v6_start_lo", np.uint64)
+    out["pd_proto_slot"] = cat("pd_proto_slot", np.uint8)
+    return out

@@ -24,6 +24,7 @@ written to temporary files renamed into place when the replay succeeds, so a fai
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import os
 import time
 import warnings
@@ -35,7 +36,8 @@ import numpy as np
 
 from .batch import PacketBatch
 from .capture import iter_capture
-from .capture.writer import PcapWriter, _gather_records
+from .capture.writer import file_header, record_headers
+from .compile.addrmap import build_v4, build_v6, hash4, hash6
 from .config import njit, resolve_threads
 from .engine import Engine, Result, Verdict
 from .errors import FastsgError, WorldError
@@ -101,21 +103,25 @@ class ReplaySummary:
                 "outputs": dict(self.outputs), "warnings": list(self.warnings)}
 
 
-def check_totals(summary: ReplaySummary, records_read: int, rows_written: Optional[int]) -> None:
+def check_totals(summary: ReplaySummary, rows_written: Optional[int] = None,
+                 split_written: Optional[int] = None) -> None:
     """The invariants of section 9, checked on every replay: the verdict counts add up to
-    the packets, the packets to the records read, and the CSV has one row per record.
-    A failure is a bug in fastsg, never a property of the input: raise loudly."""
-    total = sum(summary.verdicts.values())
+    the packets classified, which are the records the captures yielded, and every output
+    got one row / record per packet.  The counts come from different places (the tally
+    kernel, the chunk loop, the reader's statistics, the sinks), so a disagreement is a
+    bug in fastsg, never a property of the input: raise loudly."""
+    n = summary.packets
     problems = []
-    if total != summary.packets:
-        problems.append(f"verdict counts add up to {total}, not to the {summary.packets} packets")
-    if records_read != summary.packets:
-        problems.append(f"{records_read} records read but {summary.packets} packets classified")
+    total = sum(summary.verdicts.values())
+    if total != n:
+        problems.append(f"verdict counts add up to {total}, not to the {n} packets")
     captured = sum(c["records"] for c in summary.captures)
-    if captured != records_read:
-        problems.append(f"the captures report {captured} records, {records_read} were read")
-    if rows_written is not None and rows_written != records_read:
-        problems.append(f"{rows_written} verdict rows written for {records_read} records")
+    if captured != n:
+        problems.append(f"the captures yielded {captured} records but {n} packets were classified")
+    if rows_written is not None and rows_written != n:
+        problems.append(f"{rows_written} verdict rows written for {n} packets")
+    if split_written is not None and split_written != n:
+        problems.append(f"{split_written} records split for {n} packets")
     if problems:
         raise RuntimeError("replay totals do not add up (a fastsg bug): " + "; ".join(problems))
 
@@ -123,66 +129,78 @@ def check_totals(summary: ReplaySummary, records_read: int, rows_written: Option
 # =========================================================================================
 # the verdict CSV
 # =========================================================================================
-@njit()
-def _ndigits(x):
-    d = 1
-    while x >= 10:
-        x //= 10
-        d += 1
-    return d
+OUT_BUFFER_BYTES = 4 << 20      # reused output buffer: stays in cache, never page-faults again
 
 
 @njit()
-def _csv_rows(first, verdict, egress_rule, ingress_rule, vbuf, voff, rbuf, roff):
-    """The CSV rows of one chunk as bytes: ``first+i,<verdict>,<egress>,<ingress>\\n``.
+def _csv_fill(first, verdict, egress_rule, ingress_rule, start, vbuf, voff, rbuf, roff, out):
+    """Format rows ``start...`` as ``first+i,<verdict>,<egress>,<ingress>\\n`` into ``out``
+    until the next row does not fit.  Returns ``(next row, bytes written)``.
 
     Names are pre-encoded (and CSV-quoted where needed): verdict v is ``vbuf[voff[v]:
     voff[v+1]]``, rule r is ``rbuf[roff[r]:roff[r+1]]``; a rule index < 0 is an empty field.
-    Two passes: the exact size, then the bytes (no per-row Python objects at all).
     """
     n = len(verdict)
-    total = 0
-    for i in range(n):
-        v = verdict[i]
-        total += _ndigits(first + i) + 4 + voff[v + 1] - voff[v]
-        e = egress_rule[i]
-        if e >= 0:
-            total += roff[e + 1] - roff[e]
-        g = ingress_rule[i]
-        if g >= 0:
-            total += roff[g + 1] - roff[g]
-    out = np.empty(total, np.uint8)
+    # the index's decimal digits, right-aligned, advanced like an odometer: consecutive
+    # indexes differ in their last digits only, so no division per row
+    digits = np.empty(20, np.uint8)
+    x = first + start
+    nd = 0
+    while True:
+        digits[19 - nd] = 48 + x % 10
+        nd += 1
+        x //= 10
+        if x == 0:
+            break
+    cap = len(out)
     pos = 0
-    for i in range(n):
-        x = first + i
-        nd = _ndigits(x)
-        for k in range(nd - 1, -1, -1):
-            out[pos + k] = 48 + x % 10
-            x //= 10
-        pos += nd
-        out[pos] = 44
-        pos += 1
+    i = start
+    while i < n:
         v = verdict[i]
-        for k in range(voff[v], voff[v + 1]):
-            out[pos] = vbuf[k]
-            pos += 1
-        out[pos] = 44
-        pos += 1
         e = egress_rule[i]
-        if e >= 0:
-            for k in range(roff[e], roff[e + 1]):
-                out[pos] = rbuf[k]
-                pos += 1
+        g = ingress_rule[i]
+        vl = voff[v + 1] - voff[v]
+        el = roff[e + 1] - roff[e] if e >= 0 else 0
+        gl = roff[g + 1] - roff[g] if g >= 0 else 0
+        if pos + nd + 4 + vl + el + gl > cap:
+            break
+        for k in range(nd):
+            out[pos + k] = digits[20 - nd + k]
+        pos += nd
+        out[pos] = 44                   # ','
+        pos += 1
+        a = voff[v]
+        for k in range(vl):
+            out[pos + k] = vbuf[a + k]
+        pos += vl
         out[pos] = 44
         pos += 1
-        g = ingress_rule[i]
-        if g >= 0:
-            for k in range(roff[g], roff[g + 1]):
-                out[pos] = rbuf[k]
-                pos += 1
-        out[pos] = 10
+        a = roff[e] if e >= 0 else 0
+        for k in range(el):
+            out[pos + k] = rbuf[a + k]
+        pos += el
+        out[pos] = 44
         pos += 1
-    return out
+        a = roff[g] if g >= 0 else 0
+        for k in range(gl):
+            out[pos + k] = rbuf[a + k]
+        pos += gl
+        out[pos] = 10                   # '\n'
+        pos += 1
+        i += 1
+        k = 19
+        while True:                     # digits += 1
+            if k < 20 - nd:
+                nd += 1
+                digits[k] = 49
+                break
+            if digits[k] == 57:
+                digits[k] = 48
+                k -= 1
+            else:
+                digits[k] += 1
+                break
+    return i, pos
 
 
 def csv_field(name: str) -> bytes:
@@ -235,12 +253,31 @@ class NameTable:
 _VERDICT_TABLE = NameTable(VERDICT_NAMES)
 
 
-def format_verdict_rows(first_index: int, verdict: np.ndarray, egress_rule: np.ndarray,
-                        ingress_rule: np.ndarray, names: NameTable) -> bytes:
-    """CSV rows (no header) of packets ``first_index ...``; ``names`` covers every index used."""
-    out = _csv_rows(np.int64(first_index), verdict, egress_rule, ingress_rule,
-                    _VERDICT_TABLE.buf, _VERDICT_TABLE.offsets, names.buf, names.offsets)
-    return out.tobytes()
+def write_verdict_rows(write: Callable, first_index: int, verdict: np.ndarray,
+                       egress_rule: np.ndarray, ingress_rule: np.ndarray, names: NameTable,
+                       buffer: Optional[np.ndarray] = None) -> None:
+    """Format the CSV rows (no header) of packets ``first_index...`` and pass the bytes to
+    ``write`` a buffer at a time.  ``names`` must cover every rule index used."""
+    out = buffer if buffer is not None else np.empty(OUT_BUFFER_BYTES, np.uint8)
+    i, n = 0, len(verdict)
+    while i < n:
+        j, nbytes = _csv_fill(np.int64(first_index), verdict, egress_rule, ingress_rule, i,
+                              _VERDICT_TABLE.buf, _VERDICT_TABLE.offsets, names.buf,
+                              names.offsets, out)
+        if j == i:          # a row longer than the buffer (absurdly long rule ids): grow it
+            out = np.empty(2 * len(out), np.uint8)
+            continue
+        write(out[:nbytes])
+        i = j
+
+
+def format_verdict_rows(first_index: int, verdict, egress_rule, ingress_rule,
+                        names: NameTable) -> bytes:
+    """The CSV rows as one bytes object (small batches, tests)."""
+    parts: list = []
+    write_verdict_rows(lambda b: parts.append(b.tobytes()), first_index, verdict, egress_rule,
+                       ingress_rule, names)
+    return b"".join(parts)
 
 
 # =========================================================================================
@@ -252,11 +289,19 @@ class _PendingFile:
     def __init__(self, path):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.f = None
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as e:
+            raise _cannot_write(self.path, e) from None
 
     def commit(self) -> None:
+        self.f.close()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        if self.f is not None:
+            self.f.close()
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
@@ -274,25 +319,63 @@ class VerdictCsv:
         self.file = _PendingFile(path)
         self.rows = 0
         self.names = NameTable()
-        try:
-            self._f = open(self.file.tmp, "wb")
-        except OSError as e:
-            raise _cannot_write(path, e) from None
-        self._f.write(CSV_HEADER)
+        self._buf = np.empty(OUT_BUFFER_BYTES, np.uint8)
+        self.file.f.write(CSV_HEADER)
 
     def write(self, verdict, egress_rule, ingress_rule, rule_names) -> None:
         self.names.extend(rule_names)
-        self._f.write(format_verdict_rows(self.rows, verdict, egress_rule, ingress_rule,
-                                          self.names))
+        write_verdict_rows(self.file.f.write, self.rows, verdict, egress_rule, ingress_rule,
+                           self.names, self._buf)
         self.rows += len(verdict)
 
     def commit(self) -> None:
-        self._f.close()
         self.file.commit()
 
     def abort(self) -> None:
-        self._f.close()
         self.file.abort()
+
+
+# =========================================================================================
+# split captures
+# =========================================================================================
+@njit()
+def _fill_records(src, starts, lengths, headers, begin, end, out):
+    """Records ``begin..end-1`` as pcap records (16-byte header, then the packet's bytes
+    copied from ``src``) into ``out`` until the next one does not fit.  Returns
+    ``(next record, bytes written)``."""
+    pos = 0
+    i = begin
+    cap = len(out)
+    while i < end:
+        n = lengths[i]
+        if pos + 16 + n > cap:
+            break
+        # slice copies: numba turns them into tight copy loops (faster than per-byte indexing)
+        out[pos:pos + 16] = headers[i]
+        pos += 16
+        s = starts[i]
+        out[pos:pos + n] = src[s:s + n]
+        pos += n
+        i += 1
+    return i, pos
+
+
+class _Source:
+    """A capture file mapped read-only, to copy records out of it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "rb")
+        self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.buf = np.frombuffer(self._mm, np.uint8)
+
+    def close(self) -> None:
+        self.buf = None             # the array holds an export of the mapping
+        try:
+            self._mm.close()
+        except BufferError:         # a view still lives somewhere: unmapped when collected
+            pass
+        self._f.close()
 
 
 class SplitWriter:
@@ -302,6 +385,8 @@ class SplitWriter:
     A pcap file holds one link type: a verdict's main file takes the link type of its first
     record, records of any other link type go to ``<stem>.linktype<N>.pcap`` beside it (the
     naming of ``capture.copy_records``).  Verdicts that got no record get an empty capture.
+    File and record headers come from ``capture.writer``; the record bytes are copied
+    straight from the mapped source into one reused buffer.
     """
 
     def __init__(self, directory):
@@ -310,79 +395,154 @@ class SplitWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _cannot_write(directory, e) from None
-        self._writers: dict[tuple[int, int], tuple[PcapWriter, _PendingFile]] = {}
+        self._files: dict[tuple[int, int], _PendingFile] = {}
         self._main: dict[int, int] = {}     # verdict -> link type of its main file
+        self._source: Optional[_Source] = None
+        self._buf = np.empty(OUT_BUFFER_BYTES, np.uint8)
         self.counts = {v.name: 0 for v in Verdict}
 
     def write(self, src_path: str, batch: PacketBatch, verdict: np.ndarray) -> None:
         """Copy every record of ``batch`` (read from ``src_path``) to its verdict's file."""
         if len(batch) == 0:
             return
-        # one pass over the source: records grouped by (verdict, link type), capture order kept
-        key = verdict.astype(np.int64) << 16 | batch.linktype.astype(np.int64)
-        order = np.argsort(key, kind="stable")
+        src = self._open_source(src_path)
+        # group by (verdict, link type) keeping capture order: a stable sort of small keys
+        lts, lt_code = np.unique(batch.linktype, return_inverse=True)
+        key = verdict.astype(np.int32) * len(lts) + lt_code.astype(np.int32)
+        order = np.argsort(key.astype(np.uint16 if key.max() < 65536 else np.int64),
+                           kind="stable")
         key = key[order]
+        starts = batch.rec_offset[order]
         lengths = batch.caplen[order].astype(np.int64)
-        data = _gather_records(src_path, batch.rec_offset[order].astype(np.int64), lengths)
-        offsets = np.concatenate(([0], np.cumsum(lengths)))
+        if len(starts) and (starts.min() < 0 or (starts + lengths).max() > len(src.buf)):
+            raise ReplayError(f"{src_path}: record offsets point outside the file "
+                              "(was the batch read from it?)")
+        try:
+            headers = record_headers(batch.ts[order], lengths, batch.wirelen[order], True)
+        except ValueError as e:
+            raise ReplayError(f"{src_path}: cannot write split captures: {e}") from None
+        headers = headers.view(np.uint8).reshape(-1, 16)
         bounds = np.flatnonzero(np.diff(key)) + 1
-        starts = np.concatenate(([0], bounds))
-        ends = np.concatenate((bounds, [len(key)]))
-        ts, wirelen = batch.ts[order], batch.wirelen[order]
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            v, lt = int(key[s]) >> 16, int(key[s]) & 0xFFFF
-            writer = self._writer(v, lt)
-            writer.write_many(data, offsets[s:e + 1], ts[s:e], wirelen[s:e])
+        for s, e in zip(np.concatenate(([0], bounds)).tolist(),
+                        np.concatenate((bounds, [len(key)])).tolist()):
+            v, lt = int(key[s]) // len(lts), int(lts[int(key[s]) % len(lts)])
+            f = self._file(v, lt).f
+            i = s
+            while i < e:
+                i2, nbytes = _fill_records(src.buf, starts, lengths, headers, i, e, self._buf)
+                if i2 == i:     # a record bigger than the buffer
+                    self._buf = np.empty(2 * max(len(self._buf), 16 + int(lengths[i])), np.uint8)
+                    continue
+                f.write(self._buf[:nbytes])
+                i = i2
             self.counts[Verdict(v).name] += e - s
 
-    def _writer(self, verdict: int, linktype: int) -> PcapWriter:
-        entry = self._writers.get((verdict, linktype))
-        if entry is None:
+    def _open_source(self, path: str) -> _Source:
+        if self._source is None or self._source.path != path:
+            self.close_source()
+            self._source = _Source(path)
+        return self._source
+
+    def close_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def _file(self, verdict: int, linktype: int) -> _PendingFile:
+        pending = self._files.get((verdict, linktype))
+        if pending is None:
             main = self._main.setdefault(verdict, linktype)
             name = Path(SPLIT_FILES[Verdict(verdict)])
             if linktype != main:
                 name = name.with_name(f"{name.stem}.linktype{linktype}{name.suffix}")
             pending = _PendingFile(self.dir / name)
-            try:
-                entry = (PcapWriter(pending.tmp, linktype), pending)
-            except OSError as e:
-                raise _cannot_write(pending.path, e) from None
-            self._writers[(verdict, linktype)] = entry
-        return entry[0]
+            pending.f.write(file_header(linktype, nanosecond=True))
+            self._files[(verdict, linktype)] = pending
+        return pending
 
     def commit(self, default_linktype: int) -> dict:
         """Close everything, create the empty captures, rename into place.  Returns
         {verdict name: [paths written]}."""
+        self.close_source()
         for v in Verdict:
             if int(v) not in self._main:
-                self._writer(int(v), default_linktype)
+                self._file(int(v), default_linktype)
         written: dict[str, list] = {v.name: [] for v in Verdict}
-        for (v, _), (w, pending) in sorted(self._writers.items()):
-            w.close()
+        for (v, _), pending in sorted(self._files.items()):
             pending.commit()
             written[Verdict(v).name].append(str(pending.path))
         return written
 
     def abort(self) -> None:
-        for w, pending in self._writers.values():
-            w.close()
+        self.close_source()
+        for pending in self._files.values():
             pending.abort()
 
 
 # =========================================================================================
-# address -> instance, for the per-instance tallies
+# address -> instance, and the tallies
 # =========================================================================================
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def _key6(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """A 64-bit key of an IPv6 address (hits are verified on the full 128 bits)."""
-    with np.errstate(over="ignore"):
-        return (hi * _MIX) ^ lo
+@njit()
+def _tally(t, verdict, egress_rule, ingress_rule, ipver, src_hi, src_lo, dst_hi, dst_lo,
+           wirelen, verdicts, rule_packets, rule_bytes, inst):
+    """Count one classified piece: packets per verdict, checks and bytes per deciding rule,
+    checks per (instance, direction 0 egress / 1 ingress, result).  The instance of a check
+    is found in the ``OwnerMap`` hash tables ``t``.  Returns the number of checks whose
+    instance could not be found (must be 0).
+
+    One loop body, no helper taking the tables: numba reference-counts the array arguments
+    of every helper call, which costs more than the probe itself.
+    """
+    a4, shift4, a6_hi, a6_lo, a6_val, shift6 = t
+    mask4 = len(a4) - 1
+    mask6 = len(a6_val) - 1
+    lost = 0
+    for i in range(len(verdict)):
+        v = verdict[i]
+        verdicts[v] += 1
+        e = egress_rule[i]
+        g = ingress_rule[i]
+        w = np.int64(wirelen[i])
+        for side in range(2):
+            rule = e if side == 0 else g
+            if rule < 0:
+                continue
+            rule_packets[rule] += 1
+            rule_bytes[rule] += w
+            # a packet that met its ingress check passed its egress check
+            result = v if (side == 1 or g < 0) else 0
+            hi = src_hi[i] if side == 0 else dst_hi[i]
+            lo = src_lo[i] if side == 0 else dst_lo[i]
+            x = -1
+            if ipver[i] == 4:
+                a = np.uint32(lo)
+                h = np.int64(hash4(a, shift4))
+                slot = a4[h]
+                while (slot & _LOW32) != _LOW32:
+                    if np.uint32(slot >> np.uint64(32)) == a:
+                        x = np.int64(np.uint32(slot & _LOW32))
+                        break
+                    h = (h + 1) & mask4
+                    slot = a4[h]
+            else:
+                h = np.int64(hash6(hi, lo, shift6))
+                while a6_val[h] != -1:
+                    if a6_hi[h] == hi and a6_lo[h] == lo:
+                        x = np.int64(a6_val[h])
+                        break
+                    h = (h + 1) & mask6
+            if x < 0 or result > 2:
+                lost += 1
+            else:
+                inst[x, side, result] += 1
+    return lost
 
 
 class OwnerMap:
-    """Which running instance an address belongs to (spec section 2), vectorised.
+    """Which running instance an address belongs to (spec section 2), as hash tables.
 
     Instances get dense indexes in order of first appearance (``ids``), stable across
     rebuilds, so tallies can be kept in arrays.  Rebuilt only when a change could move an
@@ -394,6 +554,7 @@ class OwnerMap:
         self.ids: list[str] = []
         self._index: dict[str, int] = {}
         self._revision = None
+        self.tables = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -425,47 +586,13 @@ class OwnerMap:
                     v6_hi.append(v >> 64)
                     v6_lo.append(v & 0xFFFFFFFFFFFFFFFF)
                     v6_val.append(k)
-        keys = np.array(v4_key, np.uint64)
-        order = np.argsort(keys)
-        self._k4, self._v4 = keys[order], np.array(v4_val, np.int32)[order]
-        hi, lo = np.array(v6_hi, np.uint64), np.array(v6_lo, np.uint64)
-        keys = _key6(hi, lo)
-        order = np.argsort(keys)
-        self._k6, self._hi6, self._lo6 = keys[order], hi[order], lo[order]
-        self._v6 = np.array(v6_val, np.int32)[order]
-        if len(np.unique(self._k6)) != len(self._k6):
-            # two addresses sharing a 64-bit key (never seen in practice): exact dict lookups
-            self._exact6 = {(int(h), int(l)): int(x) for h, l, x in zip(hi, lo, v6_val)}
-        else:
-            self._exact6 = None
-
-    def lookup(self, ipver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """int32 instance index of each address, -1 where no running instance owns it."""
-        out = np.full(len(ipver), -1, np.int32)
-        m4 = ipver == 4
-        if m4.any() and len(self._k4):
-            out[m4] = _find(self._k4, self._v4, lo[m4])
-        m6 = ipver == 6
-        if m6.any() and len(self._k6):
-            qh, ql = hi[m6], lo[m6]
-            if self._exact6 is not None:
-                out[m6] = [self._exact6.get((int(h), int(l)), -1) for h, l in zip(qh, ql)]
-            else:
-                idx = np.minimum(np.searchsorted(self._k6, _key6(qh, ql)), len(self._k6) - 1)
-                hit = (self._hi6[idx] == qh) & (self._lo6[idx] == ql)
-                out[m6] = np.where(hit, self._v6[idx], -1)
-        return out
+        a4, bits4 = build_v4(np.array(v4_key, np.uint32), np.array(v4_val, np.int32))
+        a6_hi, a6_lo, a6_val, bits6 = build_v6(np.array(v6_hi, np.uint64),
+                                               np.array(v6_lo, np.uint64),
+                                               np.array(v6_val, np.int32))
+        self.tables = (a4, np.int64(64 - bits4), a6_hi, a6_lo, a6_val, np.int64(64 - bits6))
 
 
-def _find(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """values[j] where keys[j] == query (keys sorted, distinct), else -1."""
-    idx = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[idx] == query, values[idx], -1).astype(np.int32)
-
-
-# =========================================================================================
-# the tallies
-# =========================================================================================
 class Tally:
     """Packets per verdict, checks per (instance, direction, result) and per deciding rule."""
 
@@ -476,48 +603,20 @@ class Tally:
         self.inst = np.zeros((16, 2, len(CHECK_VERDICTS)), np.int64)
         self.rule_names: tuple = ()
 
-    def add(self, verdict, egress_rule, ingress_rule, egress_inst, ingress_inst, wirelen,
-            rule_names) -> None:
-        self.verdicts += np.bincount(verdict, minlength=len(Verdict))
-        self.rule_names = rule_names if len(rule_names) > len(self.rule_names) else self.rule_names
-        did_e, did_i = egress_rule >= 0, ingress_rule >= 0
-        wl = wirelen.astype(np.int64)
-        for rules, did in ((egress_rule, did_e), (ingress_rule, did_i)):
-            r = rules[did]
-            if len(r):
-                n = int(r.max()) + 1
-                self._grow_rules(n)
-                self.rule_packets[:n] += np.bincount(r, minlength=n)
-                # float64 weights are exact: a chunk's bytes stay far below 2**53
-                self.rule_bytes[:n] += np.bincount(r, weights=wl[did], minlength=n).astype(np.int64)
-        # a packet that met its ingress check passed its egress check (egress comes first)
-        e_result = np.where(did_i, Verdict.ACCEPT, verdict)[did_e]
-        self._add_inst(egress_inst[did_e], 0, e_result)
-        self._add_inst(ingress_inst[did_i], 1, verdict[did_i])
-
-    def _grow_rules(self, n: int) -> None:
-        if n > len(self.rule_packets):
-            size = max(n, 2 * len(self.rule_packets))
-            for name in ("rule_packets", "rule_bytes"):
-                old = getattr(self, name)
-                new = np.zeros(size, np.int64)
-                new[:len(old)] = old
-                setattr(self, name, new)
-
-    def _add_inst(self, inst, direction: int, result) -> None:
-        if len(inst) == 0:
-            return
-        if (inst < 0).any():
-            raise RuntimeError("a check happened at an address no running instance owns "
+    def add(self, batch: PacketBatch, res: Result, owners: OwnerMap) -> None:
+        """Count one classified piece, with ``owners`` as of the world it was classified in."""
+        if len(res.rule_names) > len(self.rule_names):
+            self.rule_names = res.rule_names
+        self.rule_packets = _grown(self.rule_packets, len(res.rule_names))
+        self.rule_bytes = _grown(self.rule_bytes, len(res.rule_names))
+        self.inst = _grown(self.inst, len(owners.ids))
+        c = batch.columns
+        lost = _tally(owners.tables, res.verdict, res.egress_rule, res.ingress_rule, c["ipver"],
+                      c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["wirelen"],
+                      self.verdicts, self.rule_packets, self.rule_bytes, self.inst)
+        if lost:
+            raise RuntimeError(f"{lost} checks happened at addresses no running instance owns "
                                "(engine and world disagree: a fastsg bug)")
-        n = int(inst.max()) + 1
-        if n > len(self.inst):
-            grown = np.zeros((max(n, 2 * len(self.inst)),) + self.inst.shape[1:], np.int64)
-            grown[:len(self.inst)] = self.inst
-            self.inst = grown
-        k = len(CHECK_VERDICTS)
-        counts = np.bincount(inst.astype(np.int64) * k + result, minlength=n * k).reshape(n, k)
-        self.inst[:n, direction] += counts
 
     def instances(self, ids: Sequence[str]) -> dict:
         out = {}
@@ -530,12 +629,8 @@ class Tally:
     def rules(self, world) -> dict:
         """Every deciding-rule name: the reasons, every rule the engine knows (in its index
         order), then the world's rules no running instance uses (0 hits)."""
-        names = list(self.rule_names)
-        out = {}
-        for i, name in enumerate(names):
-            hit = i < len(self.rule_packets)
-            out[name] = {"packets": int(self.rule_packets[i]) if hit else 0,
-                         "bytes": int(self.rule_bytes[i]) if hit else 0}
+        out = {name: {"packets": int(self.rule_packets[i]), "bytes": int(self.rule_bytes[i])}
+               for i, name in enumerate(self.rule_names)}
         with world.lock:
             for g in world.groups.values():
                 for r in g.ingress + g.egress:
@@ -543,34 +638,31 @@ class Tally:
         return out
 
 
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with at least ``n`` rows (zeros appended, capacity doubled)."""
+    if n <= len(a):
+        return a
+    out = np.zeros((max(n, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    return out
+
+
 # =========================================================================================
 # the replay itself
 # =========================================================================================
-@dataclass
-class _Classified:
-    """One chunk's verdicts and the instance of each check that happened (-1 none)."""
-    verdict: np.ndarray
-    egress_rule: np.ndarray
-    ingress_rule: np.ndarray
-    egress_inst: np.ndarray
-    ingress_inst: np.ndarray
-    rule_names: tuple
-
-
 class Replayer:
     """Runs one replay: an Engine on a world, the timeline, the sinks and the tallies."""
 
     def __init__(self, world, *, stateful: bool, threads: Optional[int], chunk_packets: int,
-                 csv: Optional[VerdictCsv], split: Optional[SplitWriter],
                  progress: Optional[Callable[[int], None]], on_warning: Callable[[str], None]):
         self.world = world
         try:
             self.engine = Engine(world, stateful=stateful, threads=threads)
         except NotImplementedError:
             raise ReplayError(STATEFUL_UNAVAILABLE) from None
-        self.threads = threads
         self.chunk_packets = int(chunk_packets)
-        self.csv, self.split = csv, split
+        self.csv: Optional[VerdictCsv] = None
+        self.split: Optional[SplitWriter] = None
         self.progress = progress
         self.on_warning = on_warning
         self.owners = OwnerMap(world)
@@ -597,7 +689,10 @@ class Replayer:
                     warnings.simplefilter("always")
                     batch = next(it, None)
                 for w in caught:
-                    self.on_warning(str(w.message))
+                    if issubclass(w.category, UserWarning):     # the reader's own warnings
+                        self.on_warning(str(w.message))
+                    else:                                       # anything else: as usual
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 self.timings["read"] += time.perf_counter() - t0
                 if batch is None:
                     break
@@ -617,23 +712,19 @@ class Replayer:
                               "linktypes": {str(k): v for k, v in sorted(st.linktypes.items())}})
 
     def _chunk(self, path: str, batch: PacketBatch) -> None:
+        verdict, egress_rule, ingress_rule, rule_names = self._classify(batch)
         t0 = time.perf_counter()
-        c = self._classify(batch)
-        t1 = time.perf_counter()
-        self.tally.add(c.verdict, c.egress_rule, c.ingress_rule, c.egress_inst, c.ingress_inst,
-                       batch.wirelen, c.rule_names)
-        t2 = time.perf_counter()
         if self.csv is not None:
-            self.csv.write(c.verdict, c.egress_rule, c.ingress_rule, c.rule_names)
+            self.csv.write(verdict, egress_rule, ingress_rule, rule_names)
         if self.split is not None:
-            self.split.write(path, batch, c.verdict)
+            self.split.write(path, batch, verdict)
         self.records += len(batch)
-        self.timings["classify"] += t1 - t0
-        self.timings["tally"] += t2 - t1
-        self.timings["write"] += time.perf_counter() - t2
+        self.timings["write"] += time.perf_counter() - t0
 
     # ---- one chunk, cut at the timeline events ----
-    def _classify(self, batch: PacketBatch) -> _Classified:
+    def _classify(self, batch: PacketBatch):
+        """Verdicts of a chunk: ``(verdict, egress_rule, ingress_rule, rule_names)``, the
+        timeline events falling inside it applied before the packets they precede."""
         n = len(batch)
         cuts = event_cuts(batch.ts, [e.at_ns for e in self.pending])
         due = int(np.count_nonzero(cuts < n))      # cuts are sorted
@@ -646,10 +737,11 @@ class Replayer:
         self.pending = self.pending[due:]
         pieces.append(self._piece(batch.take(slice(start, n)) if start else batch))
         if len(pieces) == 1:
-            return pieces[0]
-        return _Classified(*(np.concatenate([getattr(p, f) for p in pieces]) for f in
-                             ("verdict", "egress_rule", "ingress_rule", "egress_inst",
-                              "ingress_inst")), rule_names=pieces[-1].rule_names)
+            r = pieces[0]
+            return r.verdict, r.egress_rule, r.ingress_rule, r.rule_names
+        return (np.concatenate([r.verdict for r in pieces]),
+                np.concatenate([r.egress_rule for r in pieces]),
+                np.concatenate([r.ingress_rule for r in pieces]), pieces[-1].rule_names)
 
     def _apply(self, event, packet_index: int) -> None:
         try:
@@ -659,21 +751,16 @@ class Replayer:
                               f"before packet {packet_index}: {e}") from None
         self.applied += 1
 
-    def _piece(self, batch: PacketBatch) -> _Classified:
-        res: Result = self.engine.classify(batch)
+    def _piece(self, batch: PacketBatch) -> Result:
+        """Classify a piece against the world as it stands, and count it."""
+        t0 = time.perf_counter()
+        res = self.engine.classify(batch)
+        t1 = time.perf_counter()
         self.owners.refresh()
-        return _Classified(res.verdict, res.egress_rule, res.ingress_rule,
-                           self._owners(batch, "src", res.egress_rule >= 0),
-                           self._owners(batch, "dst", res.ingress_rule >= 0), res.rule_names)
-
-    def _owners(self, batch: PacketBatch, side: str, mask: np.ndarray) -> np.ndarray:
-        """The instance index of ``side``'s address where ``mask`` (a check happened there)."""
-        out = np.full(len(mask), -1, np.int32)
-        if mask.any():
-            c = batch.columns
-            out[mask] = self.owners.lookup(c["ipver"][mask], c[side + "_hi"][mask],
-                                           c[side + "_lo"][mask])
-        return out
+        self.tally.add(batch, res, self.owners)
+        self.timings["classify"] += t1 - t0
+        self.timings["tally"] += time.perf_counter() - t1
+        return res
 
     def default_linktype(self) -> int:
         """The most common link type read (Ethernet when nothing was read)."""
@@ -730,7 +817,7 @@ def replay(world, captures: Iterable, *, stateful: bool = True, threads: Optiona
     csv = split = None
     try:
         replayer = Replayer(live, stateful=stateful, threads=threads, chunk_packets=chunk_packets,
-                            csv=None, split=None, progress=progress, on_warning=warn)
+                            progress=progress, on_warning=warn)
         compile_seconds = time.perf_counter() - t_start
         csv = VerdictCsv(verdicts) if verdicts is not None else None
         split = SplitWriter(split_dir) if split_dir is not None else None
@@ -738,7 +825,8 @@ def replay(world, captures: Iterable, *, stateful: bool = True, threads: Optiona
         replayer.run(paths)
         _fill_summary(summary, replayer, live)
         summary.timings = {"compile": compile_seconds, **replayer.timings}
-        check_totals(summary, replayer.records, csv.rows if csv is not None else None)
+        check_totals(summary, csv.rows if csv is not None else None,
+                     sum(split.counts.values()) if split is not None else None)
         if csv is not None:
             csv.commit()
             summary.outputs["verdicts"] = os.fspath(verdicts)
@@ -763,7 +851,7 @@ def _collector(store: list, callback):
 
 def _fill_summary(summary: ReplaySummary, r: Replayer, world) -> None:
     t = r.tally
-    summary.packets = int(t.verdicts.sum())
+    summary.packets = r.records
     summary.verdicts = {v.name: int(t.verdicts[v]) for v in Verdict}
     summary.captures = r.captures
     summary.instances = t.instances(r.owners.ids)
@@ -798,8 +886,8 @@ def classify_packet(world, *, src, dst, proto, sport: int = 0, dport: int = 0,
     ``icmp_type`` defaults to echo request for icmp/icmpv6.  ``at_ns``: first apply the
     timeline events a packet at that time would see (on a copy of ``world``).  Returns
     {"verdict", "packet": {...}, "egress": check or None, "ingress": check or None, "events_applied"}
-    where a check is {"instance", "result", "rule", "rule_detail"} (rule_detail: the rule in
-    file syntax with its group and direction, or None for ``default``).
+    where a check is {"instance", "result", "rule", "rule_detail"} (rule_detail: {"group",
+    "group_name", "direction", "rule": the rule in file syntax}, or None for ``default``).
     """
     p = parse_protocol(proto)
     if icmp_type is None:
@@ -820,22 +908,20 @@ def classify_packet(world, *, src, dst, proto, sport: int = 0, dport: int = 0,
     is_echo = is_icmp and icmp_type in (0, 8, 128, 129) and (p == 1) == (icmp_type in (0, 8))
     batch = PacketBatch.from_arrays(
         [src_a], [dst_a], [p], sport=[sport],
-        dport=[sport if is_echo else 0 if is_icmp else dport], icmp_type=[icmp_type if is_icmp else 0],
+        dport=[sport if is_echo else 0 if is_icmp else dport],
+        icmp_type=[icmp_type if is_icmp else 0],
         icmp_code=[icmp_code if is_icmp else 0], frag=[int(fragment)],
         tcp_flags=[tcp_flags if p == 6 else 0], ts=np.array([at_ns or 0], np.int64))
     res = Engine(live, stateful=False).classify(batch)
     verdict, egress_rule, ingress_rule = res.row(0)
-    owners = OwnerMap(live)
-    c = batch.columns
     checks = {}
-    for direction, side, rule in (("egress", "src", egress_rule), ("ingress", "dst", ingress_rule)):
+    for direction, addr, rule in (("egress", src_a, egress_rule), ("ingress", dst_a, ingress_rule)):
         if rule is None:
             checks[direction] = None
             continue
-        inst = owners.lookup(c["ipver"], c[side + "_hi"], c[side + "_lo"])[0]
-        refused = verdict if (direction == "ingress" or ingress_rule is None) else "ACCEPT"
-        checks[direction] = {"instance": owners.ids[inst] if inst >= 0 else None,
-                             "result": refused, "rule": rule,
+        # a packet that met its ingress check passed its egress check
+        result = verdict if (direction == "ingress" or ingress_rule is None) else "ACCEPT"
+        checks[direction] = {"instance": _owner_id(live, addr), "result": result, "rule": rule,
                              "rule_detail": _rule_detail(live, rule)}
     return {"verdict": verdict,
             "packet": {"src": str(src_a), "dst": str(dst_a), "proto": p, "sport": sport,
@@ -843,6 +929,16 @@ def classify_packet(world, *, src, dst, proto, sport: int = 0, dport: int = 0,
                        "icmp_type": icmp_type if is_icmp else None,
                        "icmp_code": icmp_code if is_icmp else None, "fragment": bool(fragment)},
             "egress": checks["egress"], "ingress": checks["ingress"], "events_applied": applied}
+
+
+def _owner_id(world, addr) -> Optional[str]:
+    """The id of the running instance ``addr`` belongs to (spec section 2), or None."""
+    with world.lock:
+        for inst in world.instances.values():
+            if inst.running and any(a.version == addr.version and a == addr
+                                    for a in inst.addresses()):
+                return inst.id
+    return None
 
 
 def _rule_detail(world, rule_id: str) -> Optional[dict]:
@@ -854,5 +950,5 @@ def _rule_detail(world, rule_id: str) -> Optional[dict]:
                 for r in g.rules(direction):
                     if r.id == rule_id:
                         return {"group": g.id, "group_name": g.name, "direction": direction,
-                                **rule_to_dict(r)}
+                                "rule": rule_to_dict(r)}
     return None

@@ -29,8 +29,8 @@ def main():
 
 
 def _register():
-    from . import bench_cmd, instances_cmd, replay_cmd, world_cmd
-    for module in (bench_cmd, replay_cmd, world_cmd, instances_cmd):
+    from . import aws_cmd, bench_cmd, instances_cmd, replay_cmd, world_cmd
+    for module in (bench_cmd, replay_cmd, world_cmd, instances_cmd, aws_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -24,7 +24,13 @@ Workarounds for known scapy behaviour (each marked ``WORKAROUND`` below):
   Raw), so the family is read with ``struct`` and both byte orders tried;
 * scapy does not bind EtherType 0x9100 (old QinQ): the tag is decoded with ``Dot1Q``,
   whose layout it shares; IPv6 next headers 139 (HIP) and 140 (Shim6) are decoded with
-  the generic ``IPv6ExtHdrDestOpt`` layout (next header, length in 8-octet units).
+  the generic ``IPv6ExtHdrDestOpt`` layout (next header, length in 8-octet units);
+* ``Ether`` turns an 802.3 length frame into ``Dot3`` (its length is read instead of a type);
+* scapy's TCP ``flags`` field is 9 bits (it includes NS from byte 12): masked to byte 13;
+* scapy's ``ICMP`` has ``id`` only for v4 echo-like types: ICMPv6 is decoded with the
+  ``ICMPv6EchoRequest`` layout (type, code, checksum, id, seq);
+* scapy classes raise on short input: fields are decoded from zero-padded bytes, and only
+  those that lie within the real bytes are used.
 """
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def test_vlan_stacks(tmp_path, tpids):
     assert read_checked(path).status[0] == STATUS_MALFORMED
 
 
-# ---- IPv4 -------------------------------------------------------------------------------------
+# ---- IPv4 -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("ihl", range(5, 16))
 def test_ipv4_options(tmp_path, ihl):
     opts = b"\x01" * ((ihl - 5) * 4)          # NOPs
@@ -282,7 +282,7 @@ def test_ipv6_chain_running_past_the_packet_is_malformed(tmp_path):
     assert batch.status[0] == STATUS_MALFORMED
 
 
-# ---- ICMP errors --------------------------------------------------------------------------------
+# ---- ICMP errors ----------------------------------------------------------------------------
 ORIG4_TCP = IPerror(src="10.0.0.2", dst="10.0.0.1") / TCPerror(sport=80, dport=1234)
 ORIG4_UDP = IPerror(src="10.0.0.2", dst="172.16.0.9") / UDPerror(sport=53, dport=33434)
 ORIG4_ECHO = IPerror(src="10.0.0.2", dst="10.9.9.9") / ICMPerror(type=8, id=4242)
@@ -349,7 +349,7 @@ def test_icmp6_error_quoting_an_extension_chain(tmp_path):
     assert (batch.emb_valid[0], batch.emb_proto[0], batch.emb_sport[0]) == (1, 17, 7)
 
 
-# ---- cut-off headers ----------------------------------------------------------------------------
+# ---- cut-off headers ------------------------------------------------------------------------
 TRUNCATION_CASES = {  # name: (frame, first caplen that is not MALFORMED)
     "v4-tcp-options": (_eth(IP(src="1.2.3.4", dst="4.3.2.1", options=[Raw(b"\x01" * 4)])
                             / TCP(sport=5, dport=6, flags="PA") / Raw(b"data")), 14 + 24 + 4),
@@ -383,7 +383,7 @@ def test_truncation_at_every_byte(tmp_path, name):
         np.testing.assert_array_equal(batch.icmp_id[ok] != 0, caplen[ok] >= l4 + 6)
 
 
-# ---- classic pcap framing -------------------------------------------------------------------------
+# ---- classic pcap framing -------------------------------------------------------------------
 @pytest.mark.parametrize("big", [False, True])
 @pytest.mark.parametrize("nano", [False, True])
 def test_four_magics(tmp_path, big, nano):
@@ -408,7 +408,7 @@ def test_zero_records_and_zero_caplen(tmp_path):
     assert batch.status[0] == STATUS_MALFORMED and batch.caplen[0] == 0
 
 
-# ---- pcapng framing -------------------------------------------------------------------------------
+# ---- pcapng framing -------------------------------------------------------------------------
 def _ns(units, res, off=0):
     per_sec = 2 ** (res & 127) if res & 128 else 10 ** res
     return min(units * 10**9 // per_sec, INT64_MAX) + off * 10**9
@@ -485,7 +485,7 @@ def test_pcapng_many_interfaces(tmp_path):
     assert (batch.status == STATUS_IP).all()
 
 
-# ---- errors ---------------------------------------------------------------------------------------
+# ---- errors ---------------------------------------------------------------------------------
 def _error(path, **kw):
     with pytest.raises(CaptureError) as e:
         read_capture(path, **kw)
@@ -545,7 +545,7 @@ def test_pcapng_framing_errors(tmp_path, case):
         assert (err.record, err.offset) == (1, good)
 
 
-# ---- truncated files --------------------------------------------------------------------------------
+# ---- truncated files ------------------------------------------------------------------------
 def test_truncated_final_record_every_byte(tmp_path):
     recs = [(_eth(p), T0 + i) for i, p in enumerate([V4_TCP, V6_UDP, V4_ECHO])]
     full = pcap_bytes(recs)
@@ -576,7 +576,7 @@ def test_truncated_pcapng(tmp_path):
             assert len(read_capture(write(tmp_path, full[:cut], "t.pcapng"))) == 1
 
 
-# ---- streaming ------------------------------------------------------------------------------------
+# ---- streaming ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["pcap", "pcapng"])
 def test_chunks_equal_whole(tmp_path, kind):
     pkts = [_eth(p) for p in V4_PACKETS + V6_PACKETS] * 20
@@ -620,3 +620,27 @@ def test_streaming_memory_is_bounded(tmp_path):
     assert count == n
     # one chunk's columns (~130 bytes a record) and its offsets, not the file or all records
     assert peak < 400 * chunk < size // 5, (peak, size)
+
+
+def test_parallel_and_serial_parse_agree(tmp_path):
+    """Large windows take the parallel kernel, small ones the serial loop: same columns."""
+    frames = [_eth(p) for p in V4_PACKETS + V6_PACKETS]
+    frames += [_eth(_icmp4(3, 3, ORIG4_UDP)), _tagged((0x8100, 0x88A8), V4_TCP),
+               _eth(V4_TCP)[:30], bytes(Ether() / ARP())]
+    recs = [(frames[i % len(frames)], T0 + i, 1500) for i in range(40_000)]
+    for lt_path, data in (("p.pcap", pcap_bytes(recs, nano=True)),
+                          ("p.pcapng", _ng_of(recs))):
+        path = write(tmp_path, data, lt_path)
+        whole = read_capture(path)                               # one 40k window: parallel
+        parts = list(iter_capture(path, chunk_packets=999))      # serial windows
+        for name, col in whole.columns.items():
+            np.testing.assert_array_equal(np.concatenate([p.columns[name] for p in parts]),
+                                          col, err_msg=name)
+        assert (whole.status == STATUS_MALFORMED).sum() == 40_000 // len(frames)
+
+
+def _ng_of(recs):
+    b = PcapngBuilder().shb().idb(1, tsresol=9)
+    for data, ts, wirelen in recs:
+        b.epb(0, data, ts, wirelen)
+    return b.bytes()

@@ -25,11 +25,22 @@ are then never touched.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
-from ..config import njit
+from ..config import jit_options, njit
 from ..schema import STATUS_MALFORMED, STATUS_NON_IP
+
+
+def inline():
+    """``@njit()`` for the tuple-returning helpers of the kernels (link_layer, ipv4_header,
+    transport...): same options, but inlined into the caller at numba IR level.  Called out
+    of line they cost ~40% of the parse time (numba's calling convention returns tuples
+    through memory behind a status word).  The one-line byte readers stay plain ``@njit()``:
+    LLVM inlines those by itself, and IR-inlining their many call sites makes compilation
+    several times slower."""
+    return numba.njit(inline="always", **jit_options())
 
 # What the link layer says follows it (first element of ``link_layer``'s result).
 NET_CUT = -1        # the link header itself is cut off: MALFORMED
@@ -45,38 +56,41 @@ LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 108, 113, 228, 229, 276
 KNOWN_LINKTYPES = (LT_NULL, LT_ETHERNET, LT_RAW12, LT_RAW14, LT_RAW, LT_LOOP, LT_SLL,
                    LT_IPV4, LT_IPV6, LT_SLL2)
 
-_U8 = np.uint64(8)
 _ZERO64 = np.uint64(0)
 
 
 # ---- byte access ----------------------------------------------------------------------
+# Every read of the capture goes through ``byte``: indexing with an *unsigned* value spares
+# numba's negative-index wraparound (a compare and a conditional move per byte, and no
+# combining of adjacent byte loads).  Positions are never negative.
+@njit()
+def byte(b, p):
+    """``b[p]`` as int64."""
+    return np.int64(b[np.uint64(p)])
+
+
 @njit()
 def be16(b, p):
     """Big-endian uint16 at ``b[p:p+2]`` as int64."""
-    return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
+    return (byte(b, p) << 8) | byte(b, p + 1)
 
 
 @njit()
 def be32(b, p):
     """Big-endian uint32 at ``b[p:p+4]`` as int64."""
-    return ((np.int64(b[p]) << 24) | (np.int64(b[p + 1]) << 16)
-            | (np.int64(b[p + 2]) << 8) | np.int64(b[p + 3]))
+    return (byte(b, p) << 24) | (byte(b, p + 1) << 16) | (byte(b, p + 2) << 8) | byte(b, p + 3)
 
 
 @njit()
 def le32(b, p):
     """Little-endian uint32 at ``b[p:p+4]`` as int64."""
-    return ((np.int64(b[p + 3]) << 24) | (np.int64(b[p + 2]) << 16)
-            | (np.int64(b[p + 1]) << 8) | np.int64(b[p]))
+    return (byte(b, p + 3) << 24) | (byte(b, p + 2) << 16) | (byte(b, p + 1) << 8) | byte(b, p)
 
 
 @njit()
 def be64u(b, p):
     """Big-endian 64-bit value at ``b[p:p+8]`` as uint64 (an IPv6 address half)."""
-    v = _ZERO64
-    for k in range(8):
-        v = (v << _U8) | np.uint64(b[p + k])
-    return v
+    return (np.uint64(be32(b, p)) << np.uint64(32)) | np.uint64(be32(b, p + 4))
 
 
 # ---- link layer -----------------------------------------------------------------------
@@ -99,7 +113,7 @@ def _ethertype(et):
     return NET_NONE   # ARP, LLDP, ... and 802.3 length fields (<= 1500)
 
 
-@njit()
+@inline()
 def link_layer(b, p, cl, lt):
     """Decode the link header of the record at ``p`` (``cl`` captured bytes, link type ``lt``).
 
@@ -147,7 +161,7 @@ def link_layer(b, p, cl, lt):
 
 
 # ---- network layer ----------------------------------------------------------------------
-@njit()
+@inline()
 def ipv4_header(b, l3, cap_end):
     """IPv4 header at ``l3``.
 
@@ -157,7 +171,7 @@ def ipv4_header(b, l3, cap_end):
     z = _ZERO64
     if cap_end - l3 < 20:
         return False, 0, z, z, l3, l3, 0
-    vihl = np.int64(b[l3])
+    vihl = byte(b, l3)
     hl = (vihl & 15) * 4
     if (vihl >> 4) != 4 or hl < 20 or l3 + hl > cap_end:
         return False, 0, z, z, l3, l3, 0
@@ -171,10 +185,10 @@ def ipv4_header(b, l3, cap_end):
     frag = 1 if (be16(b, l3 + 6) & 0x1FFF) != 0 else 0
     src = np.uint64(be32(b, l3 + 12))
     dst = np.uint64(be32(b, l3 + 16))
-    return True, np.int64(b[l3 + 9]), src, dst, l3 + hl, ip_end, frag
+    return True, byte(b, l3 + 9), src, dst, l3 + hl, ip_end, frag
 
 
-@njit()
+@inline()
 def ipv6_chain(b, nh, pos, end):
     """Walk the IPv6 extension headers from ``pos`` (first header type ``nh``) up to ``end``.
 
@@ -186,15 +200,15 @@ def ipv6_chain(b, nh, pos, end):
         if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
             if pos + 2 > end:
                 return False, nh, pos, 0
-            ln = (np.int64(b[pos + 1]) + 1) * 8
+            ln = (byte(b, pos + 1) + 1) * 8
         elif nh == 51:            # AH counts 4-octet units, minus 2
             if pos + 2 > end:
                 return False, nh, pos, 0
-            ln = (np.int64(b[pos + 1]) + 2) * 4
+            ln = (byte(b, pos + 1) + 2) * 4
         elif nh == 44:            # fragment header, fixed 8 bytes
             if pos + 8 > end:
                 return False, nh, pos, 0
-            nxt = np.int64(b[pos])
+            nxt = byte(b, pos)
             if (be16(b, pos + 2) >> 3) != 0:
                 return True, nxt, pos + 8, 1
             nh = nxt
@@ -204,22 +218,22 @@ def ipv6_chain(b, nh, pos, end):
             return True, nh, pos, 0
         if pos + ln > end:
             return False, nh, pos, 0
-        nh = np.int64(b[pos])
+        nh = byte(b, pos)
         pos += ln
 
 
-@njit()
+@inline()
 def ipv6_header(b, l3, cap_end):
     """IPv6 header and extension chain at ``l3``.
 
     Returns ``(ok, proto, src_hi, src_lo, dst_hi, dst_lo, l4, ip_end, frag)``.
     """
     z = _ZERO64
-    if cap_end - l3 < 40 or (np.int64(b[l3]) >> 4) != 6:
+    if cap_end - l3 < 40 or (byte(b, l3) >> 4) != 6:
         return False, 0, z, z, z, z, l3, l3, 0
     plen = be16(b, l3 + 4)
     ip_end = l3 + 40 + plen if plen != 0 else cap_end   # 0: jumbogram or TSO capture
-    ok, proto, l4, frag = ipv6_chain(b, np.int64(b[l3 + 6]), l3 + 40, min(ip_end, cap_end))
+    ok, proto, l4, frag = ipv6_chain(b, byte(b, l3 + 6), l3 + 40, min(ip_end, cap_end))
     if not ok:
         return False, 0, z, z, z, z, l3, l3, 0
     return (True, proto, be64u(b, l3 + 8), be64u(b, l3 + 16), be64u(b, l3 + 24),
@@ -248,7 +262,7 @@ def is_icmp(ipver, proto):
     return (ipver == 4 and proto == 1) or (ipver == 6 and proto == 58)
 
 
-@njit()
+@inline()
 def quoted_header(b, ipver, q, end):
     """The original header quoted by an ICMP error, from ``q`` to ``end``.
 
@@ -272,13 +286,13 @@ def quoted_header(b, ipver, q, end):
         if proto == 6 or proto == 17:
             sport = be16(b, l4)
             dport = be16(b, l4 + 2)
-        elif is_icmp(ipver, proto) and is_echo(ipver, np.int64(b[l4])):
+        elif is_icmp(ipver, proto) and is_echo(ipver, byte(b, l4)):
             sport = be16(b, l4 + 4)
             dport = sport
     return True, proto, s_hi, s_lo, d_hi, d_lo, sport, dport
 
 
-@njit()
+@inline()
 def transport(b, ipver, proto, l4, ip_end, data_end):
     """L4 header at ``l4``: reads stop at ``data_end``, the payload length follows ``ip_end``.
 
@@ -292,9 +306,9 @@ def transport(b, ipver, proto, l4, ip_end, data_end):
         seq = be32(b, l4 + 4) if avail >= 8 else 0
         ack = be32(b, l4 + 8) if avail >= 12 else 0
         hl = 20
-        if avail >= 13 and (np.int64(b[l4 + 12]) >> 4) >= 5:
-            hl = (np.int64(b[l4 + 12]) >> 4) * 4
-        flags = np.int64(b[l4 + 13]) if avail >= 14 else 0    # cut-off flags read as 0
+        if avail >= 13 and (byte(b, l4 + 12) >> 4) >= 5:
+            hl = (byte(b, l4 + 12) >> 4) * 4
+        flags = byte(b, l4 + 13) if avail >= 14 else 0    # cut-off flags read as 0
         return (True, be16(b, l4), be16(b, l4 + 2), 0, 0, 0, flags, seq, ack,
                 max(ip_end - l4 - hl, 0))
     if proto == 17:
@@ -304,11 +318,11 @@ def transport(b, ipver, proto, l4, ip_end, data_end):
     if is_icmp(ipver, proto):
         if avail < 2:
             return False, 0, 0, 0, 0, 0, 0, 0, 0, 0
-        itype = np.int64(b[l4])
+        itype = byte(b, l4)
         ident = 0
         if is_echo(ipver, itype) and avail >= 6:
             ident = be16(b, l4 + 4)
-        return (True, ident, ident, itype, np.int64(b[l4 + 1]), ident, 0, 0, 0,
+        return (True, ident, ident, itype, byte(b, l4 + 1), ident, 0, 0, 0,
                 max(ip_end - l4 - 8, 0))
     return True, 0, 0, 0, 0, 0, 0, 0, 0, max(ip_end - l4, 0)
 
@@ -320,7 +334,7 @@ FRAMING_PCAP_LE = 1     # read from the 16-byte classic pcap record header befor
 FRAMING_PCAP_BE = 2
 
 
-@njit()
+@inline()
 def pcap_record_header(b, p, big, frac_ns):
     """Classic pcap record header ending at ``p`` -> ``(ts_ns, caplen, wirelen)``.
 
@@ -334,23 +348,21 @@ def pcap_record_header(b, p, big, frac_ns):
         le32(b, h + 12)
 
 
-@njit(parallel=True)
-def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirelen, status,
-                  ipver, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, icmp_type,
-                  icmp_code, icmp_id, tcp_flags, tcp_seq, tcp_ack, l4_payload_len, frag,
-                  emb_valid, emb_proto, emb_src_hi, emb_src_lo, emb_dst_hi, emb_dst_lo,
-                  emb_sport, emb_dport, l3_offset):
-    """Decode every record's headers into the columns (parallel over records).
+# Records per call of ``parse_range`` from the parallel loop: large enough to amortise the
+# call (35 arrays), small enough to balance threads.
+PARSE_BLOCK = 4096
 
-    ``buf``: the capture, uint8.  ``rec_offset`` (int64) and ``linktype`` (uint16) locate
-    and type each record.  With ``framing`` FRAMING_INDEXED, ``caplen``, ``ts`` and
-    ``wirelen`` are already filled; with FRAMING_PCAP_LE/BE they are read here, in
-    parallel, from the classic pcap record header that precedes each record (``frac_ns``:
-    1 for nanosecond files, 1000 for microsecond ones) -- this saves a sequential pass over
-    the file.  Every other argument is the schema column of that name, freshly allocated by
-    ``schema.empty_columns`` (only non-default values are written).
-    """
-    for i in prange(len(rec_offset)):
+
+@njit()
+def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts, wirelen,
+                status, ipver, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, icmp_type,
+                icmp_code, icmp_id, tcp_flags, tcp_seq, tcp_ack, l4_payload_len, frag,
+                emb_valid, emb_proto, emb_src_hi, emb_src_lo, emb_dst_hi, emb_dst_lo,
+                emb_sport, emb_dport, l3_offset):
+    """Decode records ``lo..hi-1`` (see ``parse_records``).  A plain loop: the helpers are
+    inlined here, where numba compiles a large body quickly (in a ``prange`` body the same
+    code takes tens of seconds to compile)."""
+    for i in range(lo, hi):
         p = np.int64(rec_offset[i])
         if framing != FRAMING_INDEXED:
             t, cl, wl = pcap_record_header(buf, p, framing == FRAMING_PCAP_BE, frac_ns)
@@ -370,7 +382,7 @@ def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirel
             if l3 >= cap_end:
                 status[i] = STATUS_MALFORMED
                 continue
-            net = np.int64(buf[l3]) >> 4      # raw IP: the version nibble names the header
+            net = byte(buf, l3) >> 4      # raw IP: the version nibble names the header
         if net == NET_V4:
             ok, pr, s_lo, d_lo, l4, ip_end, fr = ipv4_header(buf, l3, cap_end)
             s_hi = _ZERO64
@@ -383,7 +395,6 @@ def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirel
         data_end = min(ip_end, cap_end)
         if fr != 0:
             # a non-first fragment carries no L4 header: no ports, no flags
-            frag[i] = 1
             tok, sp, dp, ity, ico, iid, fl, sq, ak, pl = (True, 0, 0, 0, 0, 0, 0, 0, 0,
                                                           max(ip_end - l4, 0))
         else:
@@ -405,7 +416,9 @@ def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirel
         tcp_seq[i] = sq
         tcp_ack[i] = ak
         l4_payload_len[i] = pl
-        if fr == 0 and is_icmp(net, pr):
+        if fr != 0:
+            frag[i] = 1
+        elif is_icmp(net, pr):
             icmp_type[i] = ity
             icmp_code[i] = ico
             icmp_id[i] = iid
@@ -421,3 +434,30 @@ def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirel
                     emb_dst_lo[i] = ed_lo
                     emb_sport[i] = esp
                     emb_dport[i] = edp
+
+
+@njit(parallel=True)
+def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirelen, status,
+                  ipver, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, icmp_type,
+                  icmp_code, icmp_id, tcp_flags, tcp_seq, tcp_ack, l4_payload_len, frag,
+                  emb_valid, emb_proto, emb_src_hi, emb_src_lo, emb_dst_hi, emb_dst_lo,
+                  emb_sport, emb_dport, l3_offset):
+    """Decode every record's headers into the columns, blocks of records in parallel.
+
+    ``buf``: the capture, uint8.  ``rec_offset`` (int64) and ``linktype`` (uint16) locate
+    and type each record.  With ``framing`` FRAMING_INDEXED, ``caplen``, ``ts`` and
+    ``wirelen`` are already filled; with FRAMING_PCAP_LE/BE they are read here, in
+    parallel, from the classic pcap record header that precedes each record (``frac_ns``:
+    1 for nanosecond files, 1000 for microsecond ones) -- this saves a sequential pass over
+    the file.  Every other argument is the schema column of that name, freshly allocated by
+    ``schema.empty_columns``: only values that differ from the defaults are written, so
+    pages of columns that stay zero are never touched.
+    """
+    n = len(rec_offset)
+    for k in prange((n + PARSE_BLOCK - 1) // PARSE_BLOCK):
+        parse_range(buf, k * PARSE_BLOCK, min(n, (k + 1) * PARSE_BLOCK), framing, frac_ns,
+                    rec_offset, caplen, linktype, ts, wirelen, status, ipver, proto, src_hi,
+                    src_lo, dst_hi, dst_lo, sport, dport, icmp_type, icmp_code, icmp_id,
+                    tcp_flags, tcp_seq, tcp_ack, l4_payload_len, frag, emb_valid, emb_proto,
+                    emb_src_hi, emb_src_lo, emb_dst_hi, emb_dst_lo, emb_sport, emb_dport,
+                    l3_offset)

@@ -47,8 +47,8 @@ from ..batch import PacketBatch
 from ..config import njit
 from ..errors import CaptureError
 from ..schema import STATUS_MALFORMED, STATUS_NON_IP
-from ._parse import (FRAMING_INDEXED, FRAMING_PCAP_BE, FRAMING_PCAP_LE, KNOWN_LINKTYPES, be32,
-                     le32, parse_records)
+from ._parse import (FRAMING_INDEXED, FRAMING_PCAP_BE, FRAMING_PCAP_LE, KNOWN_LINKTYPES,
+                     PARSE_BLOCK, be32, byte, inline, le32, parse_range, parse_records)
 
 MAX_CAPLEN = 256 << 20          # beyond this a length field is corruption, not a packet
 ALL_RECORDS = 1 << 62           # "no window limit"
@@ -80,7 +80,7 @@ _MESSAGES = {
     ERR_TRAILER: "pcapng block total length {detail} is not repeated at the block end",
     ERR_BOM: "pcapng section header has an invalid byte-order magic 0x{detail:08x}",
     ERR_VERSION: "pcapng section header major version {detail} is not supported (only 1)",
-    ERR_SHORT: "pcapng block of type {detail} is too short for its fixed fields",
+    ERR_SHORT: "pcapng block of type 0x{detail:08x} is too short for its fixed fields",
     ERR_BLOCK_CAPLEN: "pcapng packet captured length {detail} runs past the end of its block",
     ERR_IFACE: "pcapng packet names interface {detail}, not described in this section",
     ERR_FIRST: "pcapng file does not start with a section header block",
@@ -106,8 +106,8 @@ def rd32(b, p, big):
 def rd16(b, p, big):
     """uint16 at ``b[p:p+2]`` in the file's byte order, as int64."""
     if big:
-        return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
-    return (np.int64(b[p + 1]) << 8) | np.int64(b[p])
+        return (byte(b, p) << 8) | byte(b, p + 1)
+    return (byte(b, p + 1) << 8) | byte(b, p)
 
 
 @njit()
@@ -130,7 +130,7 @@ def sat_mul(a, m):
     return a * m, False
 
 
-@njit()
+@inline()
 def units_to_ns(hi, lo, res):
     """pcapng timestamp ``hi:lo`` (two uint32 halves of a uint64 count, as int64) in units
     of ``if_tsresol`` ``res`` (bit 7 clear: 10^-res s; set: 2^-(res & 127) s) -> floor ns.
@@ -170,21 +170,13 @@ def units_to_ns(hi, lo, res):
     return sat_add(qns, rns)
 
 
-@njit()
+@inline()
 def pcapng_ts(hi, lo, res, offset):
     """Nanoseconds of a pcapng timestamp with the interface's ``if_tsoffset`` (seconds)."""
     ns, c1 = units_to_ns(hi, lo, res)
     off, c2 = sat_mul(offset, _NS)
     ns, c3 = sat_add(ns, off)
     return ns, c1 or c2 or c3
-
-
-@njit()
-def linktype_known(lt):
-    for k in KNOWN_LINKTYPES:
-        if lt == k:
-            return True
-    return False
 
 
 # ---- numba: classic pcap ----------------------------------------------------------------
@@ -218,11 +210,11 @@ def walk_pcap(buf, pos, max_records, big, rec_offset):
 
 # ---- numba: pcapng ----------------------------------------------------------------------
 # state[] slots carried from one window to the next
-ST_BIG, ST_NIF, ST_CLAMPED, ST_UNKNOWN = 0, 1, 2, 3
-_STATE_SLOTS = 4
+ST_BIG, ST_NIF, ST_CLAMPED = 0, 1, 2
+_STATE_SLOTS = 3
 
 
-@njit()
+@inline()
 def read_idb(buf, body, body_end, big):
     """Interface description block body -> ``(linktype, snaplen, tsresol, tsoffset)``."""
     lt = rd16(buf, body, big)
@@ -236,7 +228,7 @@ def read_idb(buf, body, body_end, big):
         if code == 0 or p + 4 + olen > body_end:
             break
         if code == 9 and olen >= 1:
-            res = np.int64(buf[p + 4])
+            res = byte(buf, p + 4)
         elif code == 14 and olen >= 8:      # signed 64-bit seconds
             lo = np.uint64(rd32(buf, p + 4 + (4 if big else 0), big))
             hi = np.uint64(rd32(buf, p + 4 + (0 if big else 4), big))
@@ -250,10 +242,10 @@ def walk_pcapng(buf, pos, max_records, fill, state, if_linktype, if_snaplen, if_
                 if_tsoffset, rec_offset, caplen, wirelen, ts, linktype):
     """Walk pcapng blocks from byte ``pos`` (a block start) until ``max_records`` packets.
 
-    ``state`` (int64[4]: byte order, interface count, clamped and unknown-link-type
-    counters) and the interface table (``if_*``, int64) carry over between windows and are
-    updated in place.  Packet records fill ``rec_offset``, ``caplen``, ``wirelen``, ``ts``,
-    ``linktype`` when ``fill``.  Returns ``(count, pos, code, detail)`` as ``walk_pcap``.
+    ``state`` (int64[3]: byte order, interface count, clamped-timestamp counter) and the
+    interface table (``if_*``, int64) carry over between windows and are updated in place.
+    Packet records fill ``rec_offset``, ``caplen``, ``wirelen``, ``ts``, ``linktype`` when
+    ``fill``.  Returns ``(count, pos, code, detail)`` as ``walk_pcap``.
     """
     end = len(buf)
     big = state[ST_BIG] != 0
@@ -340,10 +332,7 @@ def walk_pcapng(buf, pos, max_records, fill, state, if_linktype, if_snaplen, if_
                 rec_offset[n] = body + 4
         if is_packet:
             if fill:
-                lt = if_linktype[iface]
-                linktype[n] = lt
-                if not linktype_known(lt):
-                    state[ST_UNKNOWN] += 1
+                linktype[n] = if_linktype[iface]
             n += 1
         pos += blen
     return n, pos, MORE, 0
@@ -365,14 +354,22 @@ class CaptureStats:
     linktypes: dict = field(default_factory=dict)   # link type -> record count
 
 
-_INDEX_COLUMNS = ("rec_offset", "caplen", "wirelen", "ts")
+# the columns ``walk_pcapng`` fills, in its parameter order
+_WALK_COLUMNS = ("rec_offset", "caplen", "wirelen", "ts", "linktype")
 _PARSE_ARGS = tuple(inspect.signature(parse_records.py_func).parameters)[3:]
+# below this many records the parallel kernel's thread start-up costs more than it saves
+_SERIAL_RECORDS = 4 * PARSE_BLOCK
 
 
 def parse_columns(buf: np.ndarray, cols: dict, framing: int = FRAMING_INDEXED,
                   frac_ns: int = 1) -> None:
     """Run the parse kernel on indexed columns (binding them to its parameters by name)."""
-    parse_records(buf, framing, frac_ns, **{name: cols[name] for name in _PARSE_ARGS})
+    args = {name: cols[name] for name in _PARSE_ARGS}
+    n = len(cols["rec_offset"])
+    if n <= _SERIAL_RECORDS:
+        parse_range(buf, 0, n, framing, frac_ns, **args)
+    else:
+        parse_records(buf, framing, frac_ns, **args)
 
 
 class _PcapFramer:
@@ -415,8 +412,7 @@ class _PcapFramer:
         cols["linktype"][:] = self.linktype
         if code < ERR_CAPLEN:
             parse_columns(buf, cols, self.framing, self.frac_ns)
-        unknown = 0 if self.linktype in KNOWN_LINKTYPES else n
-        return cols, n, pos, code, detail, 0, unknown
+        return cols, n, pos, code, detail, 0, {self.linktype: n} if n else {}
 
 
 class _PcapngFramer:
@@ -435,29 +431,29 @@ class _PcapngFramer:
         self.ifaces = [np.concatenate([a, np.zeros(len(a), np.int64)]) for a in self.ifaces]
 
     def window(self, buf, pos, max_records):
+        """Count, index and parse up to ``max_records`` packet records from ``pos``."""
         while True:
             # the counting walk runs on copies: the filling walk must see the same state
             n, _, code, _ = walk_pcapng(buf, pos, max_records, False, self.state.copy(),
-                                        *(a.copy() for a in self.ifaces), *_no_columns(5))
+                                        *(a.copy() for a in self.ifaces), *_no_columns())
             if code != NEED_IFACES:
                 break
             self._grow()
         cols = schema.empty_columns(n)
         before_clamped = int(self.state[ST_CLAMPED])
-        before_unknown = int(self.state[ST_UNKNOWN])
         n, pos, code, detail = walk_pcapng(buf, pos, max_records, True, self.state,
                                            *self.ifaces,
-                                           *(cols[c] for c in _INDEX_COLUMNS + ("linktype",)))
+                                           *(cols[c] for c in _WALK_COLUMNS))
         if code < ERR_CAPLEN:
             parse_columns(buf, cols)
-        return (cols, n, pos, code, detail, int(self.state[ST_CLAMPED]) - before_clamped,
-                int(self.state[ST_UNKNOWN]) - before_unknown)
+        counts = np.bincount(cols["linktype"])
+        linktypes = {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+        return cols, n, pos, code, detail, int(self.state[ST_CLAMPED]) - before_clamped, linktypes
 
 
-def _no_columns(k: int):
-    """Zero-length stand-ins for the first ``k`` output columns of a counting walk."""
-    names = _INDEX_COLUMNS + ("linktype",)
-    return tuple(np.zeros(0, schema.FIELD_BY_NAME[name].dtype) for name in names[:k])
+def _no_columns():
+    """Zero-length stand-ins for the output columns of a counting walk."""
+    return tuple(np.zeros(0, schema.FIELD_BY_NAME[name].dtype) for name in _WALK_COLUMNS)
 
 
 class CaptureIterator:
@@ -560,7 +556,7 @@ class CaptureIterator:
         """Index and parse the next window: ``(columns, record count, walker code)``.
         (No reference to the mapped array may outlive this call: ``close`` needs none.)"""
         buf = self._buf
-        cols, n, pos, code, detail, clamped, unknown = self._framer.window(
+        cols, n, pos, code, detail, clamped, linktypes = self._framer.window(
             buf, self._pos, self.chunk_packets)
         if code >= ERR_CAPLEN or (code == TRUNCATED and pos == 0):
             del buf
@@ -570,27 +566,23 @@ class CaptureIterator:
                 raise CaptureError("truncated pcapng section header", self.path, None, 0)
             raise CaptureError(_MESSAGES[code].format(detail=detail), self.path, record, pos)
         self._pos = pos
-        self._account(cols, n, len(buf) if code == TRUNCATED else pos, clamped, unknown)
+        self._account(cols, len(buf) if code == TRUNCATED else pos, clamped, linktypes)
         if code == MORE:
             self._release(pos)
         return cols, n, code
 
-    def _account(self, cols, n, pos, clamped, unknown):
+    def _account(self, cols, pos, clamped, linktypes):
         st = self.stats
-        st.records += n
+        st.records += len(cols["status"])
         st.bytes = pos
         st.clamped_ts += clamped
-        st.unknown_linktype += unknown
-        status = cols["status"]
-        st.non_ip += int(np.count_nonzero(status == STATUS_NON_IP))
-        st.malformed += int(np.count_nonzero(status == STATUS_MALFORMED))
-        lts = cols["linktype"]
-        if n and (lts[0] == lts).all():
-            st.linktypes[int(lts[0])] = st.linktypes.get(int(lts[0]), 0) + n
-        elif n:
-            values, counts = np.unique(lts, return_counts=True)
-            for v, c in zip(values.tolist(), counts.tolist()):
-                st.linktypes[v] = st.linktypes.get(v, 0) + c
+        by_status = np.bincount(cols["status"], minlength=3)
+        st.non_ip += int(by_status[STATUS_NON_IP])
+        st.malformed += int(by_status[STATUS_MALFORMED])
+        for lt, count in linktypes.items():
+            st.linktypes[lt] = st.linktypes.get(lt, 0) + count
+            if lt not in KNOWN_LINKTYPES:
+                st.unknown_linktype += count
 
     def _release(self, pos):
         """Drop consumed pages from the mapping (they stay in the page cache) so the

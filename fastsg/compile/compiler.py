@@ -243,6 +243,22 @@ def _records(*columns) -> np.ndarray:
     return np.stack([np.asarray(c, np.int64) for c in columns], axis=1).astype(np.int32)
 
 
+def _class_records(d: DirectionTables) -> np.ndarray:
+    """CLS records: the six table references, then the IPv4 table inline when it is small."""
+    n = len(d.cls_v4_start)
+    rec = np.zeros((n, T.CLS_STRIDE), np.int32)
+    for k, col in enumerate((d.cls_v4_start, d.cls_v4_len, d.cls_v6_start, d.cls_v6_len,
+                             d.cls_grp_start, d.cls_grp_len)):
+        rec[:, k] = col
+    small = np.nonzero((d.cls_v4_len > 0) & (d.cls_v4_len <= T.CLS_INLINE))[0]
+    for k in range(T.CLS_INLINE):
+        rows = small[d.cls_v4_len[small] > k]
+        at = d.cls_v4_start[rows] + k
+        rec[rows, T.CLS_V4_INLINE_START + k] = d.v4_start[at].view(np.int32) if len(at) else 0
+        rec[rows, T.CLS_V4_INLINE_RANK + k] = d.v4_rank[at]
+    return rec
+
+
 class _LocalSections:
     """One compiled policy direction in the linked layout, with direction-local indexes
     (made once per compile, so linking is a handful of whole-array operations)."""
@@ -256,8 +272,7 @@ class _LocalSections:
         self.slot = _records(d.slot_wild, d.slot_pt_start, d.slot_pt_len)
         self.pt_start_key = d.pt_start_key
         self.pt_class = d.pt_class
-        self.cls = _records(d.cls_v4_start, d.cls_v4_len, d.cls_v6_start, d.cls_v6_len,
-                            d.cls_grp_start, d.cls_grp_len)
+        self.cls = _class_records(d)
         self.v4_start, self.v4_rank = d.v4_start, d.v4_rank
         self.v6_start_hi, self.v6_start_lo, self.v6_rank = d.v6_start_hi, d.v6_start_lo, d.v6_rank
         self.grp = _records(d.grp_rank, d.grp_group)
@@ -290,7 +305,7 @@ def _link_directions(dirs: list[_LocalSections]) -> dict:
     out["slot"] = slot
     pt_class = cat("pt_class", np.int32).copy()
     out["pt_class"] = np.where(pt_class >= 0, pt_class + np.repeat(s_cls, n_pt), -1).astype(np.int32)
-    cls = cat("cls", np.int32, 6).copy()
+    cls = cat("cls", np.int32, T.CLS_STRIDE).copy()
     cls[:, T.CLS_V4_START] += np.repeat(s_v4, n_cls).astype(np.int32)
     cls[:, T.CLS_V6_START] += np.repeat(s_v6, n_cls).astype(np.int32)
     cls[:, T.CLS_GRP_START] += np.repeat(s_grp, n_cls).astype(np.int32)

@@ -15,7 +15,13 @@ import numpy as np
 # Record layouts: field offsets within a record, and the record stride.
 PD_RANK_START, PD_SLOT_START, PD_DEFAULT_ACCEPT, PD_STRIDE = 0, 1, 2, 3
 SLOT_WILD, SLOT_PT_START, SLOT_PT_LEN, SLOT_STRIDE = 0, 1, 2, 3
-CLS_V4_START, CLS_V4_LEN, CLS_V6_START, CLS_V6_LEN, CLS_GRP_START, CLS_GRP_LEN, CLS_STRIDE = range(7)
+CLS_V4_START, CLS_V4_LEN, CLS_V6_START, CLS_V6_LEN, CLS_GRP_START, CLS_GRP_LEN = range(6)
+# A class's IPv4 table of at most CLS_INLINE entries is also copied into its record (starts
+# as int32 bit patterns, then ranks), so the common small table costs no extra cache lines.
+CLS_INLINE = 5
+CLS_V4_INLINE_START = 6
+CLS_V4_INLINE_RANK = CLS_V4_INLINE_START + CLS_INLINE
+CLS_STRIDE = CLS_V4_INLINE_RANK + CLS_INLINE        # 16 int32: one 64-byte record
 GRP_RANK, GRP_GROUP, GRP_STRIDE = 0, 1, 2
 RANK_RULE, RANK_ACTION, RANK_STRIDE = 0, 1, 2
 INST_POLICY, INST_REGION, INST_GROUPS_START, INST_NGROUPS, INST_STRIDE = range(5)

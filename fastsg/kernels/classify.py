@@ -166,8 +166,15 @@ def _classify_stateless(t, p, cache_bits, verdict, egress_rule, ingress_rule):
                         # class c: interval table of the peer's IP version
                         if ver == 4:
                             m = I[crec + T.CLS_V4_LEN]
-                            if m > 0:
-                                x = np.uint32(peer_lo)
+                            x = np.uint32(peer_lo)
+                            if 0 < m <= T.CLS_INLINE:     # the table sits in the record itself
+                                cnt = 0
+                                for q in range(1, m):
+                                    cnt += np.uint32(I[crec + T.CLS_V4_INLINE_START + q]) <= x
+                                r = I[crec + T.CLS_V4_INLINE_RANK + cnt]
+                                if r < best:
+                                    best = r
+                            elif m > 0:
                                 base = o_v4_start + I[crec + T.CLS_V4_START]
                                 while m > 16:
                                     half = m >> 1

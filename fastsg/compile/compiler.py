@@ -296,13 +296,20 @@ def _link_directions(dirs: list[_LocalSections]) -> dict:
             return np.zeros((0, width) if width else 0, dtype)
         return np.concatenate(parts).astype(dtype, copy=False)
 
-    out = {"pd": np.stack([s_rank, s_slot, [d.default_accept for d in dirs]], axis=1).astype(np.int32)
-           if dirs else np.zeros((0, 3), np.int32)}
     slot = cat("slot", np.int32, 3).copy()
     rep_cls = np.repeat(s_cls, n_slot)
     slot[:, T.SLOT_WILD] = np.where(slot[:, T.SLOT_WILD] >= 0, slot[:, T.SLOT_WILD] + rep_cls, -1)
     slot[:, T.SLOT_PT_START] += np.repeat(s_pt, n_slot).astype(np.int32)
-    out["slot"] = slot
+    out = {"slot": slot}
+    pd = np.zeros((len(dirs), T.PD_STRIDE), np.int32)
+    if dirs:
+        pd[:, T.PD_RANK_START] = s_rank
+        pd[:, T.PD_SLOT_START] = s_slot
+        pd[:, T.PD_DEFAULT_ACCEPT] = [d.default_accept for d in dirs]
+        local = np.array([d.pd_proto_slot[list(T.PD_INLINE_PROTOCOLS)] for d in dirs], np.int64)
+        inline = slot[s_slot[:, None] + local]                  # (pds, protocols, 3)
+        pd[:, T.PD_INLINE:T.PD_INLINE + 3 * len(T.PD_INLINE_PROTOCOLS)] = inline.reshape(len(dirs), -1)
+    out["pd"] = pd
     pt_class = cat("pt_class", np.int32).copy()
     out["pt_class"] = np.where(pt_class >= 0, pt_class + np.repeat(s_cls, n_pt), -1).astype(np.int32)
     cls = cat("cls", np.int32, T.CLS_STRIDE).copy()

@@ -13,7 +13,12 @@ from collections import namedtuple
 import numpy as np
 
 # Record layouts: field offsets within a record, and the record stride.
-PD_RANK_START, PD_SLOT_START, PD_DEFAULT_ACCEPT, PD_STRIDE = 0, 1, 2, 3
+PD_RANK_START, PD_SLOT_START, PD_DEFAULT_ACCEPT = 0, 1, 2
+# The SLOT records of the common protocols are copied into the PD record (tcp at PD_INLINE,
+# udp 3 further, ...), saving the protocol map and the slot record: two cache lines a check.
+PD_INLINE_PROTOCOLS = (6, 17, 1, 58)    # the classify kernel spells this order out
+PD_INLINE = 4
+PD_STRIDE = 16
 SLOT_WILD, SLOT_PT_START, SLOT_PT_LEN, SLOT_STRIDE = 0, 1, 2, 3
 CLS_V4_START, CLS_V4_LEN, CLS_V6_START, CLS_V6_LEN, CLS_GRP_START, CLS_GRP_LEN = range(6)
 # A class's IPv4 table of at most CLS_INLINE entries is also copied into its record (starts

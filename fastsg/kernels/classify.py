@@ -134,7 +134,18 @@ def _classify_stateless(t, p, cache_bits, verdict, egress_rule, ingress_rule):
                     irec = o_inst + inst * T.INST_STRIDE
                     pd = I[irec + T.INST_POLICY] * 2 + direction
                     prec = o_pd + pd * T.PD_STRIDE
-                    srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + proto[i]]) * T.SLOT_STRIDE
+                    pr = proto[i]
+                    # inline slot records follow tables.PD_INLINE_PROTOCOLS = (6, 17, 1, 58)
+                    if pr == 6:
+                        srec = prec + T.PD_INLINE
+                    elif pr == 17:
+                        srec = prec + T.PD_INLINE + 3
+                    elif pr == 1:
+                        srec = prec + T.PD_INLINE + 6
+                    elif pr == 58:
+                        srec = prec + T.PD_INLINE + 9
+                    else:
+                        srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + pr]) * T.SLOT_STRIDE
                     # group peers: private addresses of running instances in the same region
                     peer_inst = -1
                     if peer_val >= 0 and (peer_val & 1) == 0:

@@ -153,7 +153,8 @@ class PacketBatch:
                 | ((cols["proto"] == 58) & ((cols["icmp_type"] == 128) | (cols["icmp_type"] == 129))))
         if sport is not None and "icmp_id" not in more:
             cols["icmp_id"] = np.where(echo, cols["sport"], 0).astype(np.uint16)
-        cols["status"][:] = schema.STATUS_IP
+        if "status" not in more:
+            cols["status"][:] = schema.STATUS_IP
         return cls(cols)
 
     @classmethod

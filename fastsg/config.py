@@ -6,12 +6,41 @@ on-disk cache off (useful when kernels are being edited).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numba
 
 # On-disk cache of compiled kernels: later processes skip the JIT warm-up.
 CACHE = os.environ.get("FASTSG_NO_CACHE", "") not in ("1", "true", "yes")
+
+
+def _sources_digest() -> str:
+    """A digest of every fastsg source file.  numba's cache only notices edits to the file
+    holding a kernel, not to constants it imports (table layouts, schema), so the cache
+    lives in a directory named after the whole package's sources: any change, fresh cache."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _use_versioned_cache_dir() -> None:
+    if not CACHE or os.environ.get("NUMBA_CACHE_DIR"):
+        return      # the user chose a cache directory: respect it
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastsg"
+    target = base / f"numba-{_sources_digest()}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return      # unwritable home: numba falls back to __pycache__ beside the sources
+    numba.config.CACHE_DIR = str(target)
+
+
+_use_versioned_cache_dir()
 # Integer-only kernels: fastmath gains nothing and must never change a verdict.
 FASTMATH = False
 # The GIL is released in every kernel, so a mutation can land while a classify runs.

@@ -15,7 +15,16 @@ and World-API mutations.
   values of the rules, unknown addresses; mixed IPv4/IPv6; protocols 6/17/1/58/47/other;
   non-first fragments; a few non-IP and malformed records.  ``world`` may be a ``World`` or
   a world dict.
+  Half the packets are *aimed* at one rule (its peer, protocol, port/ICMP edges).
+* ``dense_world_dicts(order)`` / ``dense_packet_batches(world)``: few wide, overlapping
+  rules with priority ties on instances with several groups, and packets that hit them,
+  so that the combining order (not just matching) decides.
 * ``mutations(world)`` -> one (name, kwargs) World-API call, usually valid, sometimes not.
+* ``batch_from_rows``, ``engine_class``, ``result_tuples``: building batches, and the engine
+  side of a comparison in the shape of ``NaiveResult.as_tuple()``.
+
+Packet fields are drawn through ``st.randoms()`` (one cheap recorded draw per choice): far
+faster than a composite strategy per packet, and hypothesis still replays and shrinks them.
 """
 from __future__ import annotations
 
@@ -50,7 +59,8 @@ PRIORITIES = (0, 1, 100, 100, 1000, 65535)
 GROUP_NAMES = ("web", "db", "app", "ops", "cache")
 
 # protocol spellings in file syntax
-PROTO_SPELLINGS = ("tcp", "udp", "icmp", "icmpv6", "all", "-1", -1, 6, 17, 1, 58, 47, 50, 0, 255, 132)
+PROTO_SPELLINGS = ("tcp", "tcp", "udp", "icmp", "icmp", "icmpv6", "icmpv6", "all", "-1", -1,
+                   6, 17, 1, 58, 47, 50, 0, 255, 132)
 PROTO_NUMBER = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "all": -1, "-1": -1}
 
 
@@ -90,12 +100,25 @@ def port_spec(draw):
 
 
 @st.composite
-def rule_dicts(draw, own, groups, rule_ids):
+def rule_dicts(draw, own, groups, rule_ids, previous=None):
     """One rule in file syntax for a rule list of group ``own``.
 
     ``groups``: list of dicts with id/name/owner/region (the referencable groups);
-    ``rule_ids``: a set of explicit rule ids already used (updated).
+    ``rule_ids``: a set of explicit rule ids already used (updated); ``previous``: a list of
+    (group info, rule dict) made so far: a third of the rules are *variants* of one of them
+    (same match, another action and/or priority), so that rules overlap, shadow each other
+    and tie on priority.
     """
+    same_place = [r for g, r in (previous or ())
+                  if g["owner"] == own["owner"] and g["region"] == own["region"]]
+    if same_place and draw(st.booleans()):
+        rule = {k: v for k, v in draw(st.sampled_from(same_place)).items()
+                if k not in ("id", "action", "priority")}
+        rule["action"] = draw(st.sampled_from(("allow", "deny", "reject")))
+        prio = draw(st.sampled_from((None, 100, 1000)))
+        if prio is not None:
+            rule["priority"] = prio
+        return rule
     rule = {}
     proto = draw(st.sampled_from(PROTO_SPELLINGS))
     rule["protocol"] = proto
@@ -109,7 +132,7 @@ def rule_dicts(draw, own, groups, rule_ids):
         if t is not None:
             rule["icmp_type"] = t
         if t is not None and t != -1:
-            c = draw(st.sampled_from((None, None, -1) + ICMP_CODES))
+            c = draw(st.sampled_from((None, -1) + ICMP_CODES + ICMP_CODES))
             if c is not None:
                 rule["icmp_code"] = c
         elif t == -1 and draw(st.booleans()):
@@ -155,6 +178,7 @@ def world_dicts(draw, order=None, max_groups=5, max_instances=6, max_rules=4):
                        "region": region})
 
     rule_ids = set()
+    previous = []
     out_groups = []
     for g in groups:
         gd = {"id": g["id"], "name": g["name"]}
@@ -163,13 +187,21 @@ def world_dicts(draw, order=None, max_groups=5, max_instances=6, max_rules=4):
         if g["region"] != REGION or draw(st.integers(0, 3)) == 0:
             gd["region"] = g["region"]
         n_in = draw(st.integers(0, max_rules))
-        gd["ingress"] = [draw(rule_dicts(g, groups, rule_ids)) for _ in range(n_in)]
+        gd["ingress"] = []
+        for _ in range(n_in):
+            near = [(g, r) for r in gd["ingress"]] * 4 + previous      # prefer the same list
+            gd["ingress"].append(draw(rule_dicts(g, groups, rule_ids, near)))
+            previous.append((g, gd["ingress"][-1]))
         eg = draw(st.sampled_from(("omit", "omit", "empty", "explicit", "explicit")))
         if eg == "empty":
             gd["egress"] = []
         elif eg == "explicit":
             n_eg = draw(st.integers(1, max_rules))
-            gd["egress"] = [draw(rule_dicts(g, groups, rule_ids)) for _ in range(n_eg)]
+            gd["egress"] = []
+            for _ in range(n_eg):
+                near = [(g, r) for r in gd["egress"]] * 4 + previous
+                gd["egress"].append(draw(rule_dicts(g, groups, rule_ids, near)))
+                previous.append((g, gd["egress"][-1]))
         out_groups.append(gd)
 
     # instances: running ones take distinct addresses; others may repeat anything
@@ -221,6 +253,104 @@ def world_dicts(draw, order=None, max_groups=5, max_instances=6, max_rules=4):
     world["security_groups"] = out_groups
     world["instances"] = instances
     return world
+
+
+# Dense worlds: few wide, overlapping match specs, so that M (the matching rules of a check)
+# is large and the combining order, ties and canonical positions decide.
+DENSE_MATCHES = (
+    {"protocol": "all", "cidr": "0.0.0.0/0"},
+    {"protocol": "all", "cidr": "192.0.2.0/24"},
+    {"protocol": "tcp", "cidr": "0.0.0.0/0"},
+    {"protocol": "tcp", "ports": 80, "cidr": "192.0.2.0/24"},
+    {"protocol": "tcp", "ports": "22-80", "cidr": "192.0.2.1/32"},
+    {"protocol": "udp", "ports": "53-53", "cidr": "0.0.0.0/0"},
+    {"protocol": "icmp", "icmp_type": 8, "cidr": "192.0.2.0/24"},
+    {"protocol": "icmp", "icmp_type": 3, "icmp_code": 13, "cidr": "0.0.0.0/0"},
+    {"protocol": "icmp", "icmp_type": 3, "icmp_code": 1, "cidr": "192.0.2.0/24"},
+    {"protocol": "icmp", "icmp_type": 3, "cidr": "192.0.2.0/24"},
+    {"protocol": "icmp", "cidr": "192.0.2.0/25"},
+    {"protocol": "all", "cidr": "::/0"},
+    {"protocol": "tcp", "ports": 80, "cidr": "2001:db8:ff::/48"},
+    {"protocol": "icmpv6", "icmp_type": 128, "cidr": "::/0"},
+    {"protocol": "icmpv6", "icmp_type": 1, "icmp_code": 1, "cidr": "2001:db8:ff::/48"},
+    {"protocol": 47, "cidr": "192.0.2.0/24"},
+    {"protocol": "all", "group": "sg-d0"},
+    {"protocol": "tcp", "group": "sg-d1"},
+)
+
+
+@st.composite
+def dense_world_dicts(draw, order=None):
+    """2-5 groups of 1-5 rules drawn from ``DENSE_MATCHES`` with random actions and
+    priorities from {1, 2} (ties everywhere); 1-3 running instances holding random
+    subsets of the groups in random order; any order.  Packets: ``packet_batches``."""
+    n_groups = draw(st.integers(2, 5))
+    groups = []
+    for k in range(n_groups):
+        rules = []
+        for _ in range(draw(st.integers(1, 5))):
+            r = dict(draw(st.sampled_from(DENSE_MATCHES)))
+            r["action"] = draw(st.sampled_from(("allow", "deny", "reject")))
+            r["priority"] = draw(st.sampled_from((1, 1, 1, 2)))
+            rules.append(r)
+        g = {"id": f"sg-d{k}", "name": f"dense{k}", "ingress": rules}
+        if draw(st.booleans()):
+            g["egress"] = [dict(r) for r in draw(st.lists(st.sampled_from(rules), max_size=3))]
+        groups.append(g)
+    instances = []
+    for k in range(draw(st.integers(1, 3))):
+        chosen = draw(st.permutations([g["id"] for g in groups]))[:draw(st.integers(1, n_groups))]
+        inst = {"id": f"i-d{k}", "private_ip": f"10.0.0.{k + 1}",
+                "private_ipv6": f"2001:db8::{k + 1}", "groups": chosen}
+        io = draw(st.sampled_from((None,) + ORDERS))
+        if io:
+            inst["order"] = io
+        instances.append(inst)
+    members = {"sg-d0": "192.0.2.1", "sg-d1": "192.0.2.2"}   # peers that are group members
+    for k, (gid, ip) in enumerate(members.items()):
+        if draw(st.booleans()):
+            instances.append({"id": f"i-m{k}", "private_ip": ip, "groups": [gid]})
+    world = {"version": 1, "region": REGION, "security_groups": groups, "instances": instances}
+    world["order"] = order if order is not None else draw(st.sampled_from(ORDERS))
+    return world
+
+
+DENSE_PEERS_V4 = ("192.0.2.0", "192.0.2.1", "192.0.2.2", "192.0.2.127", "192.0.2.128",
+                  "192.0.2.255", "198.51.100.1")
+DENSE_PEERS_V6 = ("2001:db8:ff::", "2001:db8:ff::1", "2001:db8:fe:ffff:ffff:ffff:ffff:ffff",
+                  "2001:db8::9")
+DENSE_L4 = ((6, 80, 0, 0), (6, 22, 0, 0), (6, 81, 0, 0), (6, 21, 0, 0), (17, 53, 0, 0),
+            (17, 54, 0, 0), (1, 0, 8, 0), (1, 0, 3, 13), (1, 0, 3, 1), (1, 0, 3, 2),
+            (1, 0, 0, 0), (58, 0, 128, 0), (58, 0, 1, 1), (58, 0, 1, 0), (47, 0, 0, 0),
+            (50, 0, 0, 0))
+
+
+@st.composite
+def dense_packet_batches(draw, world, n_min=1, n_max=40):
+    """Packets between the instances of a dense world and the peers its rules name (both
+    directions), every protocol/port/ICMP value its rules care about, some fragments."""
+    rnd = draw(st.randoms(use_true_random=False))
+    n = draw(st.integers(n_min, n_max))
+    running = [i for i in world.instances.values() if i.running]
+    rows = []
+    for _ in range(n):
+        inst = rnd.choice(running)
+        if rnd.random() < 0.25:
+            peer_inst = rnd.choice(running)
+            me, peer = (inst.private_ip, peer_inst.private_ip) if rnd.random() < 0.5 else \
+                (inst.private_ipv6 or inst.private_ip, peer_inst.private_ipv6 or peer_inst.private_ip)
+            me, peer = str(me), str(peer)
+            if ":" in me and ":" not in peer or ":" in peer and ":" not in me:
+                me, peer = str(inst.private_ip), str(peer_inst.private_ip)
+        elif rnd.random() < 0.7 or inst.private_ipv6 is None:
+            me, peer = str(inst.private_ip), rnd.choice(DENSE_PEERS_V4)
+        else:
+            me, peer = str(inst.private_ipv6), rnd.choice(DENSE_PEERS_V6)
+        src, dst = (peer, me) if rnd.random() < 0.6 else (me, peer)
+        proto, dport, itype, icode = rnd.choice(DENSE_L4)
+        frag = 1 if rnd.random() < 0.1 else 0
+        rows.append((src, dst, proto, 40000, dport, itype, icode, frag, 0x02, 0))
+    return batch_from_rows(rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,6 +595,21 @@ def _group_infos(world):
             for g in world.groups.values()]
 
 
+def rule_to_dict(r) -> dict:
+    """A ``Rule`` back in file syntax (match fields only; the group peer by id)."""
+    d = {"protocol": r.protocol}
+    if r.protocol in (6, 17):
+        d["ports"] = f"{r.port_lo}-{r.port_hi}"
+    if r.protocol in (1, 58):
+        d["icmp_type"] = r.icmp_type
+        d["icmp_code"] = r.icmp_code
+    if r.cidr is not None:
+        d["cidr"] = str(r.cidr)
+    else:
+        d["group"] = r.group
+    return d
+
+
 @st.composite
 def mutations(draw, world):
     """One World-API call as (method name, kwargs).  Mostly valid; sometimes invalid
@@ -477,8 +622,11 @@ def mutations(draw, world):
     if kind == "authorize" or (not instances and kind in ("attach", "detach", "terminate")):
         g = draw(st.sampled_from(groups))
         direction = draw(st.sampled_from(("ingress", "egress")))
-        rule = draw(rule_dicts({"id": g.id, "name": g.name, "owner": g.owner, "region": g.region},
-                               infos, set()))
+        own = {"id": g.id, "name": g.name, "owner": g.owner, "region": g.region}
+        previous = [(own, rule_to_dict(r)) for h in groups if h.region == g.region
+                    for r in h.ingress + h.egress
+                    if r.group is None or world.groups[r.group].region == g.region]
+        rule = draw(rule_dicts(own, infos, set(), previous))
         if "id" in rule:       # fresh: the revision only grows (no state outside the world)
             rule["id"] = f"sgr-r{world.revision:05x}"
         return "authorize", {"group": g.id, "direction": direction, "rule": rule}

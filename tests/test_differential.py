@@ -17,12 +17,13 @@ from fastsg.config import BLOCK_PACKETS
 
 try:
     from naive import naive_classify, packets_from_batch
-    from strategies import (ORDERS, engine_class, mutations, packet_batches, result_tuples,
-                            world_dicts)
+    from strategies import (ORDERS, dense_packet_batches, dense_world_dicts, engine_class,
+                            mutations, packet_batches, result_tuples, world_dicts)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import naive_classify, packets_from_batch
-    from tests.strategies import (ORDERS, engine_class, mutations, packet_batches,
-                                  result_tuples, world_dicts)
+    from tests.strategies import (ORDERS, dense_packet_batches, dense_world_dicts,
+                                  engine_class, mutations, packet_batches, result_tuples,
+                                  world_dicts)
 
 Engine = engine_class()
 needs_engine = pytest.mark.skipif(Engine is None, reason="fastsg.Engine not available yet")
@@ -76,11 +77,26 @@ def test_generated_worlds_load_and_reference_runs(data):
 # ---------------------------------------------------------------------------------------
 @needs_engine
 @pytest.mark.parametrize("order", ORDERS)
-@settings(max_examples=n(60), **SETTINGS)
+@settings(max_examples=n(50), **SETTINGS)
 @given(data=st.data())
 def test_engine_equals_reference(order, data):
     world = World.from_dict(data.draw(world_dicts(order=order)))
     batch = data.draw(packet_batches(world, 0, 60))
+    expected = naive_tuples(world, batch)
+    for threads in (1, 2):
+        engine = Engine(world, stateful=False, threads=threads)
+        assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
+
+
+@needs_engine
+@pytest.mark.parametrize("order", ORDERS)
+@settings(max_examples=n(40), **SETTINGS)
+@given(data=st.data())
+def test_engine_equals_reference_dense(order, data):
+    """Few wide overlapping rules, ties on priority, several groups per instance: the
+    combining order decides most packets here."""
+    world = World.from_dict(data.draw(dense_world_dicts(order=order)))
+    batch = data.draw(dense_packet_batches(world, 1, 60))
     expected = naive_tuples(world, batch)
     for threads in (1, 2):
         engine = Engine(world, stateful=False, threads=threads)
@@ -136,7 +152,8 @@ def apply_mutation(world, name, kwargs):
 
 
 def _mutation_run(data, engines_for):
-    world = World.from_dict(data.draw(world_dicts(max_instances=5)))
+    world = World.from_dict(data.draw(st.one_of(world_dicts(max_instances=5), dense_world_dicts()),
+                                      label="world"))
     engines = engines_for(world)
     applied = 0
     for step in range(data.draw(st.integers(1, 10), label="steps")):

@@ -109,8 +109,8 @@ class Engine:
             numba.set_num_threads(nthreads)
             try:
                 cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
-                _classify_stateless(compiled.kernel, batch.kernel_columns(), cache_bits, verdict,
-                                    egress_rule, ingress_rule)
+                _classify_stateless(compiled.kernel, batch.kernel_columns(), cache_bits, nthreads,
+                                    verdict, egress_rule, ingress_rule)
             finally:
                 numba.set_num_threads(previous)
         return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision)

@@ -1,8 +1,8 @@
 """Bulk stateless classification (spec sections 2 and 3).
 
 Private kernel; ``fastsg.engine.Engine.classify`` validates, allocates and dispatches.
-Packets are independent without tracking, so blocks of packets run in parallel and give
-exactly the sequential result.  The per-packet steps are written in the loop body (see
+Packets are independent without tracking, so each thread takes one contiguous run of
+packets (its flow cache lives across the run) and the result is exactly the sequential one.  The per-packet steps are written in the loop body (see
 ``lookup.py`` for why), in this order:
 
 1. status: non-IP -> UNMANAGED, malformed -> MALFORMED;
@@ -33,13 +33,13 @@ _MASK30 = np.uint64((1 << 30) - 1)
 
 
 @njit(parallel=True)
-def _classify_stateless(t, p, cache_bits, verdict, egress_rule, ingress_rule):
+def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingress_rule):
     """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
-    flow-cache entries per block (0: no cache).  Fills verdict uint8[n], egress_rule int32[n]
+    flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.  Fills verdict uint8[n], egress_rule int32[n]
     and ingress_rule int32[n] (-1 where the check did not happen).
 
     Flow cache: without tracking, an IPv4 packet's outcome is a function of (source,
-    destination, protocol, port key) and the immutable tables, so each block keeps a small
+    destination, protocol, port key) and the immutable tables, so each thread keeps a small
     direct-mapped cache of recent outcomes (3 uint64 per entry: addresses, protocol and key,
     packed outcome).  Traffic with flow locality then mostly costs one probe.
     """
@@ -58,11 +58,13 @@ def _classify_stateless(t, p, cache_bits, verdict, egress_rule, ingress_rule):
     src_hi, src_lo, dst_hi, dst_lo = p.src_hi, p.src_lo, p.dst_hi, p.dst_lo
     icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
     n = len(status)
-    nblocks = (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS
+    # one contiguous run of packets per thread (at least BLOCK_PACKETS each), so each
+    # thread's flow cache lives across its whole run
+    nblocks = max(1, min(nthreads, (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS))
     cache_shift = np.uint64(64 - cache_bits)
     for b in prange(nblocks):
         cache = np.zeros(3 << cache_bits, np.uint64)
-        for i in range(b * BLOCK_PACKETS, min(n, (b + 1) * BLOCK_PACKETS)):
+        for i in range(b * n // nblocks, (b + 1) * n // nblocks):
             st = status[i]
             if st != STATUS_IP:
                 verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED

@@ -83,6 +83,7 @@ from ..errors import Problem, WorldError
 from .model import (ANY, DEFAULT_CONNTRACK, DEFAULT_LIMITS, DEFAULT_LOGGING, DEFAULT_ORDER,
                     DEFAULT_OWNER, DEFAULT_PRIORITY, DEFAULT_REGION, DIRECTIONS,
                     ICMP_PROTOCOLS, MAX_GROUPS_PER_INSTANCE, PORT_PROTOCOLS, PROTO_ALL, World)
+from .files import reject_duplicate_keys
 from .validate import did_you_mean, quote
 
 __all__ = ["Document", "ImportResult", "AwsImportError", "ExportResult", "read_documents",
@@ -207,7 +208,7 @@ def read_documents(path, prefix_list_id: str | None = None) -> list:
 
 def parse_documents(text: str, name: str = "<input>") -> list:
     """The JSON values of ``text``, one after another (whitespace between them)."""
-    decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+    decoder = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys)
     out, pos, n = [], 0, len(text)
     while True:
         while pos < n and text[pos] in " \t\r\n":
@@ -225,15 +226,6 @@ def parse_documents(text: str, name: str = "<input>") -> list:
     if not out:
         raise WorldError([Problem(name, "no JSON document (the file is empty)")])
     return out
-
-
-def _no_duplicate_keys(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError(f"duplicate key {k!r}")
-        d[k] = v
-    return d
 
 
 def _documents(items, default_name: str, page_keys: tuple) -> list:

@@ -247,7 +247,8 @@ def _is_json(path: str, text: str | None = None) -> bool:
     return text.lstrip().startswith("{")
 
 
-def _json_pairs(pairs):
+def reject_duplicate_keys(pairs):
+    """``json`` object_pairs_hook: a key given twice is an error, not a silent overwrite."""
     d = {}
     for k, v in pairs:
         if k in d:
@@ -260,7 +261,7 @@ def parse_text(text: str, as_json: bool):
     """World file text -> data; a syntax error is a ``WorldError`` with line and column."""
     try:
         if as_json:
-            return json.loads(text, object_pairs_hook=_json_pairs)
+            return json.loads(text, object_pairs_hook=reject_duplicate_keys)
         return yaml.load(text, Loader=_Loader)      # noqa: S506 - a SafeLoader subclass
     except json.JSONDecodeError as e:
         raise WorldError([Problem("", f"invalid JSON at line {e.lineno}, column {e.colno}: "

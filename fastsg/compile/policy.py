@@ -352,6 +352,25 @@ def _probe(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo):
 
 
 @njit()
+def _intern(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo, members, count, mem, n_mem, ncls, cls_mem):
+    """Class of the member set hashed (h_hi, h_lo); a set not seen before becomes class
+    ``ncls``, its ``count`` members appended to ``mem``.  -> (class, mem, n_mem, ncls)."""
+    c, hpos = _probe(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo)
+    if c < 0:
+        c = np.int32(ncls)
+        ht_hi[hpos] = h_hi
+        ht_lo[hpos] = h_lo
+        ht_val[hpos] = c
+        mem = _reserve(mem, n_mem, count)
+        for j in range(count):
+            mem[n_mem] = members[j]
+            n_mem += 1
+        ncls += 1
+        cls_mem[ncls] = n_mem
+    return c, mem, n_mem, ncls
+
+
+@njit()
 def _compile(order, rows, ridx, glocal, gglob, zob):
     """All of one direction's tables from its rule rows (see the module docstring).
 
@@ -511,6 +530,7 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
         all_lo ^= zob[all_rules[j], 1]
     active = np.empty(n, np.int64)
     where = np.empty(n, np.int64)
+    wild_members = np.empty(n, np.int64)
     for s in range(nslots):
         b0 = slot_first[s]
         b1 = slot_first[s + 1]
@@ -518,30 +538,18 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
         h_hi = all_hi
         h_lo = all_lo
         cnt = n_all
+        for j in range(n_all):
+            wild_members[j] = all_rules[j]
         for j in range(b0, b1):
             p = by_slot[j]
             if wild[p]:
                 h_hi ^= zob[p, 0]
                 h_lo ^= zob[p, 1]
+                wild_members[cnt] = p
                 cnt += 1
         if cnt > 0:
-            c, hpos = _probe(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo)
-            if c < 0:
-                c = np.int32(ncls)
-                ht_hi[hpos] = h_hi
-                ht_lo[hpos] = h_lo
-                ht_val[hpos] = c
-                mem = _reserve(mem, n_mem, cnt)
-                for j in range(n_all):
-                    mem[n_mem] = all_rules[j]
-                    n_mem += 1
-                for j in range(b0, b1):
-                    p = by_slot[j]
-                    if wild[p]:
-                        mem[n_mem] = p
-                        n_mem += 1
-                ncls += 1
-                cls_mem[ncls] = n_mem
+            c, mem, n_mem, ncls = _intern(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo, wild_members,
+                                          cnt, mem, n_mem, ncls, cls_mem)
             slot_wild[s] = c
         # port table: sweep the range starts and ends of this slot's ranged rules
         m = 0
@@ -596,18 +604,8 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
                 n_act += 1
             c = np.int32(-1)
             if n_act > 0:
-                c, hpos = _probe(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo)
-                if c < 0:
-                    c = np.int32(ncls)
-                    ht_hi[hpos] = h_hi
-                    ht_lo[hpos] = h_lo
-                    ht_val[hpos] = c
-                    mem = _reserve(mem, n_mem, n_act)
-                    for j in range(n_act):
-                        mem[n_mem] = active[j]
-                        n_mem += 1
-                    ncls += 1
-                    cls_mem[ncls] = n_mem
+                c, mem, n_mem, ncls = _intern(ht_hi, ht_lo, ht_val, mask, h_hi, h_lo, active,
+                                              n_act, mem, n_mem, ncls, cls_mem)
             if npt == slot_pt_start[s] or pt_cls[npt - 1] != c:
                 pt_key[npt] = np.int32(k)
                 pt_cls[npt] = c

@@ -15,7 +15,11 @@ Scenarios (``SCENARIOS``):
   vs a full compile.
 * ``capture`` reading and stateless end-to-end replay of captures (bundled ``pcaps/`` and a
   generated one), with scapy's ``rdpcap`` as the baseline.
-* ``logging``, ``state``: features not implemented yet; listed as *pending*, never faked.
+* ``logging`` flow-log cost: classify with the flow log on (the world's settings) vs off,
+  at 1% and 50% drops, stateless and stateful, with the records produced.
+* ``state``   connection tracking: stateless vs stateful on the same traffic (1 and all
+  threads; 1- and 2-thread verdicts verified identical), and a live table of 1 M flows
+  (``--quick``: 50k) on one thread: inserting pass, steady-state lookups, bytes per flow.
 * ``peers``   tcpdump (BPF) and DPDK ``dpdk-test-acl`` on equivalent inputs, when installed.
 
 How things are timed: every kernel is warmed up first (``warm_up``: a small classify per
@@ -104,6 +108,12 @@ class Plan:
     tcpdump_rules: int
     dpdk_rules: int
     peer_packets: int
+    state_rules: int              # state scenario: stateless vs stateful at this rule count
+    state_packets: int
+    live_flows: int               # state scenario: flows in the live table (target: 1 M)
+    live_packets: int             # packets per steady-state sample of the live table
+    logging_rules: int
+    logging_packets: int
     seed: int
 
 
@@ -141,6 +151,12 @@ def make_plan(settings: Settings) -> Plan:
         tcpdump_rules=20 if quick else 50,
         dpdk_rules=1000 if quick else 10_000,
         peer_packets=settings.packets or (50_000 if quick else 200_000),
+        state_rules=_pick_size(sizes, 10_000),
+        state_packets=settings.packets or (100_000 if quick else 500_000),
+        live_flows=50_000 if quick else 1_000_000,
+        live_packets=settings.packets or (100_000 if quick else 1_000_000),
+        logging_rules=_pick_size(sizes, 10_000),
+        logging_packets=settings.packets or (100_000 if quick else 500_000),
         seed=settings.seed,
     )
 
@@ -445,7 +461,7 @@ def build_case(rules: int, deny_share: float = 0.1, order: str = "allow,deny", s
     t1 = time.perf_counter()
     world = with_order(world, order) if world is not None else World.from_dict(world_dict)
     t2 = time.perf_counter()
-    engine = Engine(world)
+    engine = Engine(world, stateful=False, flow_log=False)
     t3 = time.perf_counter()
     setup = {"generate_s": t1 - t0, "load_s": t2 - t1, "compile_s": t3 - t2}
     return Case(rules, deny_share, order, world_dict, world, engine, setup, [t3 - t2])
@@ -631,6 +647,13 @@ class _Context:
         self.reporter = reporter
         self.tmp = tmp
         self.cases: dict = {}
+        self.features_warmup: float | None = None    # warm_up_features seconds, once a run
+
+    def warm_features(self) -> float:
+        """``warm_up_features`` once per run (state and logging both need it)."""
+        if self.features_warmup is None:
+            self.features_warmup = warm_up_features(self.plan.threads)
+        return self.features_warmup
 
     def case(self, rules: int, deny_share: float = 0.1, order: str = "allow,deny") -> Case:
         """A generated world (cached by size, deny share and order)."""
@@ -647,6 +670,10 @@ class _Context:
             keep.update(self.plan.update_sizes)
         if "capture" in remaining:
             keep.add(self.plan.capture_rules)
+        if "state" in remaining:
+            keep.add(self.plan.state_rules)
+        if "logging" in remaining:
+            keep.add(self.plan.logging_rules)
         for key in [k for k in self.cases if k[0] not in keep]:
             del self.cases[key]
 
@@ -770,7 +797,7 @@ def _measure_compile(case: Case, plan: Plan) -> None:
     spent = sum(case.compile_samples)
     while len(case.compile_samples) < plan.repeats and spent < plan.compile_seconds:
         t0 = time.perf_counter()
-        Engine(case.world)
+        Engine(case.world, stateful=False, flow_log=False)
         dt = time.perf_counter() - t0
         case.compile_samples.append(dt)
         spent += dt
@@ -1245,31 +1272,422 @@ def _fmt_io(m: Measurement) -> str:
 
 
 # ==========================================================================================
-# scenarios: logging and state (pending features)
+# scenarios: state (connection tracking) and logging (flow logs)
 # ==========================================================================================
 
-def _pending(name: str, feature: str, why: str) -> ScenarioResult:
-    res = ScenarioResult(name, status="pending", note=why)
-    res.add(Measurement(name, "fastsg", feature, status="pending", note=why))
-    res.tables = [TableSpec(f"{name}: pending", ["feature", "status", "why"],
-                            [[feature, "pending", why]], ())]
-    return res
+STATE_COST_TARGET = 2.0           # stateful / stateless time per packet at 10k rules: at most
+STATE_TARGET_RULES = 10_000       # ... the rule count that target is stated for
+LIVE_MPPS_TARGET = 8.0            # Mpps on one thread with 1 M live flows: at least
+LIVE_TARGET_FLOWS = 1_000_000     # ... the table size that target is stated for
+BYTES_PER_FLOW_TARGET = 64        # tracking table bytes per flow: at most
+LOG_COST_TARGET = 0.10            # flow logging at a 1% drop rate: at most 10% slower
+LOG_TARGET_DROPS = 0.01
+LOG_DROP_SHARES = (0.01, 0.5)
+LOG_MODES = ("stateless", "stateful")
+LIVE_PORT = 443
+LIVE_CLIENTS = "100.64.0.0/10"    # shared address space: never the instance's own address
 
 
-def _scenario_logging(ctx: _Context) -> ScenarioResult:
-    ctx.reporter.scenario_started("logging", 0)
-    return _pending("logging", "flow logs (spec section 7)",
-                    "flow logging is not implemented in the engine yet; nothing to measure")
+def warm_up_features(threads: int) -> float:
+    """``warm_up`` for the kernels only the state and logging scenarios run: tracking (one
+    thread, and its sharding for more), partition growth and rehash, flow-log event
+    selection and aggregation.  Those scenarios call it before timing anything (the other
+    scenarios never pay for it).  Returns the seconds it took."""
+    t0 = time.perf_counter()
+    case = build_case(60, deny_share=0.2, seed=12345)
+    batch, _ = feature_traffic(case.world, 2000, 1, stateful=True, drop_share=0.2)
+    for stateful in (False, True):
+        engine = Engine(case.world, stateful=stateful, flow_log=None)
+        for t in sorted({1, threads}):
+            fresh_stream(engine, batch, t)
+        engine.tracking_stats()
+    world = World.from_dict(live_table_world(300, 12345))
+    insert, steady = live_flow_batches(world, 300, 1000, 1)
+    engine = Engine(world, stateful=True, flow_log=False)
+    fresh_stream(engine, insert, 1)               # one partition grows several times
+    engine.classify(steady, threads=1)
+    engine.tracking_stats()
+    return time.perf_counter() - t0
+
+
+def feature_traffic(world: World, packets: int, seed: int, stateful: bool,
+                    drop_share: float = 0.1) -> tuple:
+    """(batch, generator details) for the state and logging scenarios.
+
+    ``calibrate=False``: calibrating classifies the batch up to five times on a second
+    engine (minutes at 10k rules and 500k stateful packets); the scenarios classify it
+    anyway and report the share really refused next to the generator's prediction."""
+    import warnings
+    from .generate import generate_traffic
+    details: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        batch = generate_traffic(world, packets, seed=seed, stateful=stateful,
+                                 drop_share=drop_share, calibrate=False, details=details)
+    return batch, details
+
+
+def fresh_stream(engine: Engine, batch: PacketBatch, threads: int = 1, log=None):
+    """Classify ``batch`` as a stream of its own: empty tracking tables and clock (stateful)
+    and, when the engine logs, a new flow log (or ``log``, a ``FlowLog`` kept by the caller
+    across calls), so every call does the same work, like a replay of the same capture.
+    The resets cost microseconds."""
+    from .flowlog import FlowLog
+    if engine.stateful:
+        engine.reset_tracking()
+    if engine.flow_log is not None:
+        engine.flow_log = log if log is not None else FlowLog(engine.world)
+    return engine.classify(batch, threads=threads)
+
+
+def same_results(a, b) -> bool:
+    """Whether two classify results agree on every verdict and deciding rule."""
+    return (np.array_equal(a.verdict, b.verdict) and np.array_equal(a.egress_rule, b.egress_rule)
+            and np.array_equal(a.ingress_rule, b.ingress_rule))
+
+
+def refused_share(counts: dict) -> float:
+    """DROP + REJECT share of a ``Result.counts()``."""
+    n = sum(counts.values())
+    return (counts["DROP"] + counts["REJECT"]) / n if n else 0.0
+
+
+def _traffic_info(details: dict, stateful: bool, drop_share: float) -> dict:
+    return {"generator": f"generate_traffic(stateful={stateful}, calibrate=False)",
+            "target_drop_share": drop_share,
+            "predicted_drop_share": details.get("predicted_drop_share"),
+            "flows": details.get("flows"), "reply_packets": details.get("reply_packets"),
+            "fragments": details.get("fragments"), "icmp_errors": details.get("icmp_errors"),
+            "ipv6_packets": details.get("ipv6_packets")}
+
+
+def live_table_world(flows: int, seed: int) -> dict:
+    """``single_instance_world(100)`` plus a rule admitting tcp/443 from ``LIVE_CLIENTS``,
+    with conntrack capacity for ``flows`` (the default, 1 M, is exactly the 1 M target; the
+    TCP timeout stays 5 days, so every flow stays live)."""
+    d = single_instance_world(100, seed)
+    d["security_groups"][0]["ingress"].append({"protocol": "tcp", "ports": LIVE_PORT,
+                                               "cidr": LIVE_CLIENTS})
+    d["conntrack"] = {**d.get("conntrack", {}), "capacity": max(1_000_000, 2 * flows)}
+    return d
+
+
+def live_flow_batches(world: World, flows: int, packets: int, seed: int,
+                      reply_share: float = 0.5) -> tuple:
+    """(insert, steady) batches for the live-table measurement.
+
+    ``insert``: one SYN per flow, ``flows`` distinct TCP flows from client address/port pairs
+    in ``LIVE_CLIENTS`` (16 ports per address) to the instance's port 443, in shuffled order,
+    1 µs apart.  ``steady``: ``packets`` packets of flows drawn uniformly at random (so
+    lookups go all over the table), ``reply_share`` of them the instance's replies (its
+    egress check), timestamped after the inserts."""
+    import ipaddress
+    x = int(next(i for i in world.instances.values() if i.running).private_ip)
+    net = ipaddress.ip_network(LIVE_CLIENTS)
+    if flows > net.num_addresses * 16:
+        raise ValueError(f"at most {net.num_addresses * 16} live flows")
+    rng = np.random.default_rng(seed + 0x11FE)
+    k = rng.permutation(flows).astype(np.int64)
+    client = (int(net.network_address) + (k >> 4)).astype(np.uint32)
+    cport = 32768 + (k & 15) * 2048 + ((k >> 4) & 2047)
+    t0 = 1_700_000_000 * 10**9
+    insert = PacketBatch.from_arrays(client, np.full(flows, x, np.uint32), 6, sport=cport,
+                                     dport=LIVE_PORT, ts=t0 + np.arange(flows) * 1000,
+                                     tcp_flags=0x02, wirelen=74)
+    pick = rng.integers(0, flows, packets)
+    reply = rng.random(packets) < reply_share
+    src = np.where(reply, x, client[pick]).astype(np.uint32)
+    dst = np.where(reply, client[pick], x).astype(np.uint32)
+    steady = PacketBatch.from_arrays(
+        src, dst, 6, sport=np.where(reply, LIVE_PORT, cport[pick]),
+        dport=np.where(reply, cport[pick], LIVE_PORT),
+        ts=t0 + (flows + 1 + np.arange(packets)) * 1000, tcp_flags=0x10,
+        wirelen=np.where(reply, 1500, 200))
+    return insert, steady
 
 
 def _scenario_state(ctx: _Context) -> ScenarioResult:
-    ctx.reporter.scenario_started("state", 0)
-    try:
-        Engine(World.from_dict({"version": 1}), stateful=True)
-        why = "the engine accepts stateful=True, but this benchmark scenario is not written yet"
-    except NotImplementedError as exc:
-        why = f"Engine(stateful=True): {str(exc).split(';')[0]}"
-    return _pending("state", "stateful tracking (spec section 4)", why)
+    """Stateless vs stateful classify of the same generated traffic at ``state_rules``
+    rules (1 and all threads), then a live table of ``live_flows`` flows on one thread:
+    the inserting pass, steady-state lookups, table bytes per flow."""
+    plan = ctx.plan
+    res = ScenarioResult("state")
+    threads = sorted({1, plan.threads})
+    ctx.reporter.scenario_started("state", 6)
+    warm = ctx.warm_features()
+    ctx.reporter.step("warm-up")
+    _state_vs_stateless(ctx, res, threads)
+    _state_live(ctx, res)
+    res.tables = _state_tables(res, plan, threads)
+    res.notes.append(f"tracking and flow-log kernels warmed up first ({warm:.1f} s, not timed)")
+    return res
+
+
+def _state_vs_stateless(ctx, res, threads) -> None:
+    plan, rep = ctx.plan, ctx.reporter
+    case = ctx.case(plan.state_rules)
+    world = case.world
+    rep.step(f"{plan.state_rules} rules: world")
+    batch, details = feature_traffic(world, plan.state_packets, plan.seed, stateful=True)
+    rep.step("traffic")
+    stateless = case.engine                         # Engine(world, stateful=False, flow_log=False)
+    stateful = Engine(world, stateful=True, flow_log=False)
+    small = batch.take(slice(0, 1000))
+    for t in threads:                               # warm each thread count on these tables
+        stateless.classify(small, threads=t)
+        fresh_stream(stateful, small, t)
+    fns = {}
+    for t in threads:
+        fns["stateless", t] = lambda t=t: stateless.classify(batch, threads=t)
+        fns["stateful", t] = lambda t=t: fresh_stream(stateful, batch, t)
+    timings = time_interleaved(fns, plan.repeats, plan.sample_seconds)
+    rep.step("classify (interleaved)")
+    # 1 and 2 threads (and all, if more) must decide every packet alike
+    check = sorted({1, min(2, max_threads()), *threads})
+    outs = {t: fresh_stream(stateful, batch, t) for t in check}
+    stats = stateful.tracking_stats()
+    same = all(same_results(outs[1], outs[t]) for t in check)
+    if not same:
+        res.notes.append(f"stateful verdicts differ between {check} threads (a bug!)")
+    sl_counts = stateless.classify(batch, threads=1).counts()
+    sf_counts = outs[1].counts()
+    rules = stateless.refresh().rules
+    base = {"world": world_shape(plan.state_rules), "deny_share": 0.1, "order": "allow,deny",
+            "rules": rules, "traffic": _traffic_info(details, True, 0.1)}
+    for t in threads:
+        sl = res.add(Measurement("state", "fastsg", "classify", timings["stateless", t],
+                                 packets=len(batch), rules=rules, threads=t,
+                                 params={**base, "mode": "stateless"},
+                                 extra={"verdicts": sl_counts,
+                                        "refused_share": refused_share(sl_counts)}))
+        sf = res.add(Measurement(
+            "state", "fastsg", "classify", timings["stateful", t], packets=len(batch),
+            rules=rules, threads=t,
+            params={**base, "mode": "stateful",
+                    "per_call": "reset_tracking() + classify: each call is a fresh stream"},
+            extra={"verdicts": sf_counts, "refused_share": refused_share(sf_counts),
+                   "tracking": stats, "verified_same_verdicts": same, "verified_threads": check}))
+        cost = sf.median / sl.median
+        sf.ratios["stateless"] = sl.median / sf.median
+        sf.extra.update(cost_ratio=cost, cost_target=STATE_COST_TARGET,
+                        target_rules=STATE_TARGET_RULES,
+                        meets_target=cost <= STATE_COST_TARGET if rules >= STATE_TARGET_RULES
+                        else None)
+
+
+def _state_live(ctx, res) -> None:
+    """A table of ``live_flows`` flows at one instance: build it (timed: the inserting
+    pass, a fresh table each repeat; the last one stays), then time classify of packets of
+    those flows (steady state: every packet a hit, the table keeps its size), on one
+    thread, next to the stateless engine on the same packets."""
+    plan, rep = ctx.plan, ctx.reporter
+    flows = plan.live_flows
+    world = World.from_dict(live_table_world(flows, plan.seed + 1))
+    insert, steady = live_flow_batches(world, flows, plan.live_packets, plan.seed)
+    engine = Engine(world, stateful=True, flow_log=False)
+    stateless = Engine(world, stateful=False, flow_log=False)
+    last = []
+    ins = time_repeats(lambda: last.__setitem__(slice(None), [fresh_stream(engine, insert, 1)]),
+                       min(3, plan.repeats))
+    inserted = last[0].counts()
+    built = engine.tracking_stats()
+    rep.step(f"{flows:,} live flows: insert")
+    engine.classify(steady, threads=1)             # the first steady call, untimed
+    stateless.classify(steady, threads=1)
+    timings = time_interleaved({"stateful": lambda: engine.classify(steady, threads=1),
+                                "stateless": lambda: stateless.classify(steady, threads=1)},
+                               plan.repeats, plan.sample_seconds)
+    result = engine.classify(steady, threads=1)
+    stats = engine.tracking_stats()
+    ct = result.rule_names.index("conntrack")
+    by_conntrack = float(np.mean((result.egress_rule == ct) | (result.ingress_rule == ct)))
+    rep.step(f"{flows:,} live flows: steady state")
+    scaled = flows < LIVE_TARGET_FLOWS
+    params = {"world": "single_instance_world(100) + tcp/443 from " + LIVE_CLIENTS,
+              "flows": flows, "instances": 1, "target_flows": LIVE_TARGET_FLOWS,
+              "scaled_down": scaled, "capacity": world.conntrack["capacity"]}
+    bpf = built["bytes_per_flow"]
+    res.add(Measurement("state", "fastsg", "live-insert", ins, packets=flows, rules=None,
+                        threads=1, params={**params, "mode": "stateful",
+                                           "what": "one SYN per new flow into an empty table"},
+                        extra={"verdicts": inserted, "tracking": built,
+                               "all_inserted": built["flows"] == flows}))
+    sf = res.add(Measurement(
+        "state", "fastsg", "live-classify", timings["stateful"], packets=len(steady), threads=1,
+        params={**params, "mode": "stateful", "reply_share": 0.5,
+                "what": "packets of random live flows (steady state, table kept)"},
+        extra={"verdicts": result.counts(), "accepted_by_conntrack": by_conntrack,
+               "tracking": stats, "bytes_per_flow": stats["bytes_per_flow"],
+               "arena_bytes_per_flow": stats["arena_bytes"] / max(1, stats["flows"]),
+               "bytes_per_flow_target": BYTES_PER_FLOW_TARGET,
+               "meets_bytes_target": stats["bytes_per_flow"] <= BYTES_PER_FLOW_TARGET,
+               "mpps_target": LIVE_MPPS_TARGET,
+               "table_unchanged": stats["flows"] == built["flows"] and bpf == stats["bytes_per_flow"]}))
+    sl = res.add(Measurement("state", "fastsg", "live-classify", timings["stateless"],
+                             packets=len(steady), threads=1,
+                             params={**params, "mode": "stateless", "reply_share": 0.5,
+                                     "what": "the same packets, rules only"}))
+    sf.ratios["stateless"] = sl.median / sf.median
+    sf.extra["meets_mpps_target"] = sf.mpps >= LIVE_MPPS_TARGET if not scaled else None
+
+
+def _state_tables(res: ScenarioResult, plan: Plan, threads) -> list:
+    ms = res.measurements
+    pick = lambda metric, mode, t=1: next((m for m in ms if m.metric == metric
+                                           and m.params["mode"] == mode and m.threads == t), None)
+    rows = []
+    for t in threads:
+        sl, sf = pick("classify", "stateless", t), pick("classify", "stateful", t)
+        rows.append([str(t), fmt_mpps(sl), fmt_mpps(sf),
+                     fmt_ratio(sf.extra["cost_ratio"]) + _mark(sf.extra["meets_target"]),
+                     f"{sl.extra['refused_share']:.1%} / {sf.extra['refused_share']:.1%}",
+                     f"{sf.extra['tracking']['flows']:,}",
+                     "✓" if sf.extra["verified_same_verdicts"] else "✗ DIFFER"])
+    sf1 = pick("classify", "stateful")
+    t1 = TableSpec(f"state: stateless vs stateful, Mpps ({sf1.rules:,} rules, {sf1.packets:,} "
+                   f"packets; median ±spread of {plan.repeats}; cost target ≤ "
+                   f"{STATE_COST_TARGET:g}× at {STATE_TARGET_RULES // 1000}k rules)",
+                   ["thr", "stateless", "stateful", "cost", "refused sl/sf", "flows",
+                    "1=2 thr"], rows, (0, 1, 2, 3, 5))
+    ins = next(m for m in ms if m.metric == "live-insert")
+    live, base = pick("live-classify", "stateful"), pick("live-classify", "stateless")
+    bpf = live.extra["bytes_per_flow"]
+    rows = [["insert (new flows)", f"{ins.packets:,}", fmt_spread(ins), fmt_rate(ins.mpps * 1e6),
+             f"{ins.extra['tracking']['flows']:,}",
+             f"{ins.extra['tracking']['bytes_per_flow']:.1f}"],
+            ["steady, stateful", f"{live.packets:,}", fmt_spread(live),
+             fmt_rate(live.mpps * 1e6) + _mark(live.extra["meets_mpps_target"]),
+             f"{live.extra['tracking']['flows']:,}",
+             f"{bpf:.1f}" + _mark(live.extra["meets_bytes_target"])],
+            ["steady, stateless", f"{base.packets:,}", fmt_spread(base),
+             fmt_rate(base.mpps * 1e6), "-", "-"]]
+    flows = live.params["flows"]
+    t2 = TableSpec(f"state: {flows:,} live flows at one instance, 1 thread (targets: ≥ "
+                   f"{LIVE_MPPS_TARGET:g} Mpps at {LIVE_TARGET_FLOWS // 1_000_000} M flows, ≤ "
+                   f"{BYTES_PER_FLOW_TARGET} B/flow)",
+                   ["pass", "packets", "time", "rate", "flows held", "B/flow"], rows,
+                   (1, 2, 3, 4, 5))
+    res.notes.append("cost = stateful / stateless time per packet, same packets and threads; "
+                     "each stateful call is a fresh stream (reset_tracking, so its table "
+                     "grows from empty), flow logs off; refused = DROP+REJECT share; "
+                     "1=2 thr: stateful 1 vs 2 threads gave every packet the same verdict "
+                     "and deciding rules")
+    res.notes.append(f"live table: {live.extra['accepted_by_conntrack']:.1%} of the steady "
+                     "packets accepted by conntrack, half of them the instance's replies; "
+                     f"B/flow = table bytes / flows held (the arena with its growth slack: "
+                     f"{live.extra['arena_bytes_per_flow']:.0f} B/flow)")
+    if live.params["scaled_down"]:
+        res.notes.append(f"{flows:,} live flows, scaled down from {LIVE_TARGET_FLOWS:,}: the "
+                         f"Mpps target is for {LIVE_TARGET_FLOWS:,} flows and is not judged here")
+    if sf1.rules < STATE_TARGET_RULES:
+        res.notes.append(f"{sf1.rules:,} rules: the cost target is stated for "
+                         f"{STATE_TARGET_RULES:,} rules and is not judged here")
+    return [t1, t2]
+
+
+def _mark(ok) -> str:
+    """' ✓' / ' ✗' for a met / missed target, '' when it does not apply."""
+    return "" if ok is None else (" ✓" if ok else " ✗")
+
+
+def _scenario_logging(ctx: _Context) -> ScenarioResult:
+    """Flow logging on (the world's settings: drops logged) vs off, on fresh engines of the
+    same mode, at a 1% and a 50% drop rate, stateless (logging cost alone) and stateful;
+    one thread, each call a fresh stream (a new log: every record is created, the costlier
+    case; a long stream also aggregates into records it already holds)."""
+    plan, rep = ctx.plan, ctx.reporter
+    res = ScenarioResult("logging")
+    rep.scenario_started("logging", 2 + len(LOG_DROP_SHARES) * len(LOG_MODES))
+    warm = ctx.warm_features()
+    rep.step("warm-up")
+    case = ctx.case(plan.logging_rules)
+    world = case.world
+    engines = {(mode, on): Engine(world, stateful=mode == "stateful", flow_log=None if on else False)
+               for mode in LOG_MODES for on in (False, True)}
+    rules = engines["stateless", False].refresh().rules
+    rep.step(f"{plan.logging_rules} rules: world and engines")
+    for drop in LOG_DROP_SHARES:
+        for mode in LOG_MODES:
+            _logging_cell(ctx, res, world, engines, rules, drop, mode)
+            rep.step(f"{drop:.0%} drops, {mode}")
+    res.tables = [_logging_table(res, plan)]
+    res.notes.append(f"tracking and flow-log kernels warmed up first ({warm:.1f} s, not timed)")
+    return res
+
+
+def _logging_cell(ctx, res, world, engines, rules, drop, mode) -> None:
+    """Off vs on for one drop share and mode, timed round-robin.  On is timed twice: with a
+    new log per call (every record created each time, plus the log's per-stream setup) and
+    with one log kept across calls (after the first call every event aggregates into a
+    record it already holds: a long stream's steady state; the target is judged on it)."""
+    from .flowlog import FlowLog
+    plan = ctx.plan
+    stateful = mode == "stateful"
+    batch, details = feature_traffic(world, plan.logging_packets, plan.seed, stateful, drop)
+    off, on = engines[mode, False], engines[mode, True]
+    kept = FlowLog(world)
+    small = batch.take(slice(0, 1000))
+    fresh_stream(off, small)
+    fresh_stream(on, small)
+    fresh_stream(on, batch, log=kept)               # the kept log's records, untimed
+    timings = time_interleaved({"off": lambda: fresh_stream(off, batch),
+                                "new-log": lambda: fresh_stream(on, batch),
+                                "kept-log": lambda: fresh_stream(on, batch, log=kept)},
+                               plan.repeats, plan.sample_seconds)
+    r_off, r_on = fresh_stream(off, batch), fresh_stream(on, batch)
+    log = on.flow_log                               # the records of one call
+    counts = r_on.counts()
+    base = {"world": world_shape(plan.logging_rules), "rules": rules, "mode": mode,
+            "drop_share": drop, "logging": dict(world.logging),
+            "traffic": _traffic_info(details, stateful, drop),
+            "per_call": "reset_tracking() + classify" if stateful else "classify"}
+    m_off = res.add(Measurement("logging", "fastsg", "classify", timings["off"], packets=len(batch),
+                                rules=rules, threads=1, params={**base, "flow_log": "off"},
+                                extra={"verdicts": r_off.counts(),
+                                       "refused_share": refused_share(r_off.counts())}))
+    same = same_results(r_off, r_on)
+    for variant in ("new-log", "kept-log"):
+        m = res.add(Measurement(
+            "logging", "fastsg", "classify", timings[variant], packets=len(batch), rules=rules,
+            threads=1, params={**base, "flow_log": variant},
+            extra={"verdicts": counts, "refused_share": refused_share(counts),
+                   "records": len(log), "logged_events": log.logged_events,
+                   "skipped_packets": log.skipped_packets, "verified_same_verdicts": same}))
+        cost = m.median / m_off.median
+        m.ratios["flow-log-off"] = m_off.median / m.median
+        m.extra.update(cost_ratio=cost, overhead=cost - 1.0)
+        if drop == LOG_TARGET_DROPS and variant == "kept-log":
+            m.extra.update(overhead_target=LOG_COST_TARGET,
+                           meets_target=cost - 1.0 <= LOG_COST_TARGET)
+    if not same:
+        res.notes.append(f"logging changed verdicts ({mode}, {drop:.0%} drops): a bug!")
+
+
+def _logging_table(res: ScenarioResult, plan: Plan) -> TableSpec:
+    rows = []
+    for drop in LOG_DROP_SHARES:
+        for mode in LOG_MODES:
+            cell = {m.params["flow_log"]: m for m in res.measurements
+                    if m.params["drop_share"] == drop and m.params["mode"] == mode}
+            off, new, kept = cell["off"], cell["new-log"], cell["kept-log"]
+            rows.append([mode, f"{drop:.0%} ({new.extra['refused_share']:.1%})", fmt_mpps(off),
+                         fmt_mpps(kept),
+                         f"{kept.extra['overhead']:+.0%}" + _mark(kept.extra.get("meets_target")),
+                         f"{new.extra['overhead']:+.0%}",
+                         f"{new.extra['records']:,}", f"{new.extra['logged_events']:,}"])
+    first = res.measurements[0]
+    res.notes.append("cost = extra time per packet with the flow log (the world's settings: "
+                     "drops logged, accepts not) vs without, same packets, fresh engines of the "
+                     "same mode, timed round-robin; kept log = one log across calls (a long "
+                     "stream: events aggregate into records it holds; the target is judged "
+                     "here); new log = a new log per call (every record created, plus the "
+                     "log's per-stream setup); drops = target (DROP+REJECT share seen, "
+                     "generator not calibrated); records / events: one call's")
+    return TableSpec(f"logging: flow log cost, Mpps ({first.rules:,} rules, {first.packets:,} "
+                     f"packets, 1 thr; median ±spread of {plan.repeats}; target ≤ "
+                     f"+{LOG_COST_TARGET:.0%} at {LOG_TARGET_DROPS:.0%} drops)",
+                     ["mode", "drops", "log off", "log on", "cost", "new log", "records",
+                      "events"], rows, (1, 2, 3, 4, 5, 6, 7))
 
 
 # ==========================================================================================
@@ -1556,7 +1974,7 @@ def _peer_dpdk(ctx: _Context, res: ScenarioResult) -> None:
             "--", f"--rulesf={rfile}", f"--tracef={tfile}", f"--rulenum={len(rules) + 1}",
             f"--tracenum={n}"]
     their_rules = _dpdk_results(base, n)
-    engine = Engine(world)
+    engine = Engine(world, stateful=False, flow_log=False)
     compile_s = engine.last_compile_seconds
     engine.classify(batch.take(slice(0, 1000)), threads=1)
     fast = time_interleaved({1: lambda: engine.classify(batch, threads=1)}, plan.repeats,
@@ -1693,33 +2111,35 @@ def _plot_rules(ax, ms) -> bool:
 
 
 def _plot_features(ax, ms) -> bool:
-    order = [m for m in ms if m["scenario"] == "order" and m.get("mpps")]
-    pending = [m for m in ms if m["scenario"] in ("logging", "state") and m["status"] == "pending"]
-    if ax is None or not (order or pending):
-        return bool(order or pending)
-    labels, values, colors, err = [], [], [], [[], []]
+    """Bars: deny rules x order, stateless vs stateful, flow log off vs on (stateless)."""
+    bars = []                   # (label, measurement, color)
     palette = {0.0: "tab:green", 0.1: "tab:orange", 0.5: "tab:red"}
+    order = [m for m in ms if m["scenario"] == "order" and m.get("mpps")]
     for o in ORDERS:
         for m in (x for x in order if x["params"]["order"] == o):
-            labels.append(f"{o}\n{m['params']['deny_share']:.0%} deny")
-            values.append(m["mpps"])
-            err[0].append(m["mpps"] - m["mpps_min"])
-            err[1].append(m["mpps_max"] - m["mpps"])
-            colors.append(palette.get(m["params"]["deny_share"], "tab:blue"))
-    for m in pending:
-        labels.append(f"{m['scenario']}\n(pending)")
-        values.append(0)
-        err[0].append(0)
-        err[1].append(0)
-        colors.append("lightgray")
-    ax.bar(range(len(values)), values, color=colors, yerr=err, capsize=2)
-    top = max(values, default=0) or 1
-    for i, m in enumerate(pending, start=len(values) - len(pending)):
-        ax.text(i, 0.02 * top, "not implemented yet", rotation=90, ha="center", va="bottom",
-                fontsize=8, color="dimgray")
-    ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=45, ha="right")
+            bars.append((f"{o}\n{m['params']['deny_share']:.0%} deny", m,
+                         palette.get(m["params"]["deny_share"], "tab:blue")))
+    for m in ms:
+        if m["scenario"] == "state" and m["metric"] == "classify" and m.get("mpps"):
+            mode = m["params"]["mode"]
+            bars.append((f"{mode}\n{m['threads']} thr", m,
+                         "tab:purple" if mode == "stateful" else "tab:gray"))
+    for m in ms:
+        if (m["scenario"] == "logging" and m["params"].get("mode") == "stateless"
+                and m["params"].get("flow_log") in ("off", "kept-log") and m.get("mpps")):
+            on = m["params"]["flow_log"] != "off"
+            bars.append((f"log {'on' if on else 'off'}\n{m['params']['drop_share']:.0%} drops", m,
+                         "tab:cyan" if on else "tab:gray"))
+    if ax is None or not bars:
+        return bool(bars)
+    values = [m["mpps"] for _, m, _ in bars]
+    err = [[m["mpps"] - m["mpps_min"] for _, m, _ in bars],
+           [m["mpps_max"] - m["mpps"] for _, m, _ in bars]]
+    ax.bar(range(len(bars)), values, color=[c for _, _, c in bars], yerr=err, capsize=2)
+    ax.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7, rotation=45,
+                  ha="right")
     ax.set_ylabel("Mpps (median, min-max)")
-    ax.set_title("feature overhead: deny rules x combining order")
+    ax.set_title("feature overhead: deny rules x order, tracking, flow logs")
     ax.grid(True, axis="y", alpha=0.3)
     return True
 

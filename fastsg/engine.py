@@ -11,7 +11,9 @@ import numpy as np
 from .batch import PacketBatch
 from .compile.compiler import CompiledWorld, Compiler
 from .config import FLOW_CACHE_BITS, resolve_threads
-from .kernels.classify import _classify_stateless
+from .flowlog import FlowLog, RuleCounters
+from .kernels.classify import _classify_rules
+from .tracking import Tracker
 
 
 class Verdict(IntEnum):
@@ -31,12 +33,18 @@ class Result:
     into ``rule_names`` of each check's deciding rule, -1 where the check did not happen.
     rule_names: rule ids and the reasons ``default``, ``conntrack``, ``conntrack-related``,
     ``conntrack-full`` (indexes 0-3), as of the world revision the batch saw.
+    src_instance, dst_instance: int32[n] index into ``instance_ids`` of the running
+    instance owning the packet's source / destination address (the instance of its egress
+    / ingress check), -1 where none does or the record is not an IP packet.
     """
     verdict: np.ndarray
     egress_rule: np.ndarray
     ingress_rule: np.ndarray
     rule_names: tuple
     revision: int = 0
+    src_instance: np.ndarray | None = None
+    dst_instance: np.ndarray | None = None
+    instance_ids: tuple = ()
 
     def __len__(self) -> int:
         return len(self.verdict)
@@ -58,27 +66,38 @@ class Result:
 class Engine:
     """Classifies packet batches against a live ``World``.
 
-    ``Engine(world, stateful=False, threads=None, flow_cache=True)``: ``threads`` is the
-    default thread count of ``classify`` (None: all cores); ``flow_cache`` keeps a small
-    per-thread cache of recent (addresses, protocol, port) outcomes within one classify call
-    (never across calls, so never stale; results are identical either way).  Any mutation of the world is visible to the very next
-    ``classify``: each call first brings the compiled tables up to the world's revision
-    (recompiling only what changed) and then runs on one immutable snapshot, so a mutation
-    landing during a classify is seen entirely or not at all.
+    ``Engine(world, stateful=True, threads=None, flow_cache=True, flow_log=None)``:
+
+    * ``stateful``: connection tracking (spec section 4).  Successive ``classify`` calls
+      are one capture-ordered stream: the tables, the tracking clock (the latest timestamp
+      seen) and the flow log carry over from call to call.  ``stateful=False`` judges every
+      packet by the rules alone.
+    * ``threads``: default thread count of ``classify`` (None: all cores).  1 and N threads
+      give identical results.
+    * ``flow_cache``: a small per-thread cache of recent (addresses, protocol, port)
+      outcomes of the rules within one classify call (never across calls, so never stale).
+    * ``flow_log``: None keeps the flow records the world's ``logging`` settings ask for
+      (``engine.flow_log``); False keeps none.  Per-rule hit counters are always kept
+      (``engine.rule_counters()``).
+
+    Any mutation of the world is visible to the very next ``classify``: each call first
+    brings the compiled tables up to the world's revision (recompiling only what changed)
+    and then runs on one immutable snapshot, so a mutation landing during a classify is
+    seen entirely or not at all.  Terminating an instance discards its tracked flows.
     """
 
-    def __init__(self, world, stateful: bool = False, threads: int | None = None,
-                 flow_cache: bool = True):
-        if stateful:
-            raise NotImplementedError(
-                "stateful tracking (spec section 4) is not implemented yet; "
-                "use Engine(world, stateful=False)")
+    def __init__(self, world, stateful: bool = True, threads: int | None = None,
+                 flow_cache: bool = True, flow_log: bool | None = None):
         self.world = world
-        self.stateful = stateful
+        self.stateful = bool(stateful)
         self.threads = threads
         self.flow_cache = flow_cache
         self._lock = threading.Lock()
         self._compiler = Compiler(world)
+        self._counters = RuleCounters()
+        self.flow_log = None if flow_log is False else FlowLog(world)
+        self.tracker = Tracker(world.conntrack) if self.stateful else None
+        self._tracked_revision = world.revision
         self.refresh()
 
     def refresh(self) -> CompiledWorld:
@@ -95,22 +114,72 @@ class Engine:
         return self._compiler.last_compile_seconds
 
     def classify(self, batch: PacketBatch, threads: int | None = None) -> Result:
-        """Verdicts of every packet of ``batch`` (spec sections 2 and 3)."""
+        """Verdicts of every packet of ``batch`` (spec sections 2-4), in capture order after
+        the packets of earlier calls."""
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"classify expects a PacketBatch, not {type(batch).__name__}")
-        compiled = self.refresh()
+        with self._lock:
+            compiled = self._compiler.refresh()
+            if self.stateful:
+                self._sync_tracking(compiled)
+            result = self._classify(compiled, batch, threads)
+            self._counters.add(batch, result)
+            if self.flow_log is not None:
+                self.flow_log.add(batch, result)
+            return result
+
+    def _classify(self, compiled: CompiledWorld, batch: PacketBatch, threads) -> Result:
         n = len(batch)
         verdict = np.empty(n, np.uint8)
         egress_rule = np.empty(n, np.int32)
         ingress_rule = np.empty(n, np.int32)
+        src_val = np.empty(n, np.int32)
+        dst_val = np.empty(n, np.int32)
         if n:
             nthreads = resolve_threads(threads if threads is not None else self.threads)
             previous = numba.get_num_threads()
             numba.set_num_threads(nthreads)
             try:
+                cols = batch.kernel_columns()
                 cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
-                _classify_stateless(compiled.kernel, batch.kernel_columns(), cache_bits, nthreads,
-                                    verdict, egress_rule, ingress_rule)
+                _classify_rules(compiled.kernel, cols, cache_bits, nthreads, int(self.stateful),
+                                verdict, egress_rule, ingress_rule, src_val, dst_val)
+                if self.stateful:
+                    verdict = self.tracker.run(cols, verdict, egress_rule, ingress_rule, src_val,
+                                               dst_val, compiled.inst_addr, nthreads)
             finally:
                 numba.set_num_threads(previous)
-        return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision)
+        # address-map values are instance * 2 + is_public
+        src_instance = np.right_shift(src_val, 1, out=src_val)
+        dst_instance = np.right_shift(dst_val, 1, out=dst_val)
+        return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision,
+                      src_instance, dst_instance, compiled.instance_ids)
+
+    def _sync_tracking(self, compiled: CompiledWorld) -> None:
+        """Size the per-instance counters; discard the tables of terminated instances."""
+        tracker = self.tracker
+        tracker.ensure_instances(len(compiled.instance_ids))
+        if self._tracked_revision != compiled.revision:
+            index = {name: i for i, name in enumerate(compiled.instance_ids)}
+            for change in self.world.changes_since(self._tracked_revision):
+                if change.kind == "terminate" and change.instance in index:
+                    tracker.discard(index[change.instance])
+            self._tracked_revision = compiled.revision
+
+    # ---- tracking, logging and counters ----
+    def rule_counters(self) -> dict:
+        """Packets and bytes of every check event per deciding rule: every rule id of the
+        world and the four reasons, zeros included: {name: (packets, bytes)}."""
+        with self._lock:
+            return self._counters.as_dict(self.world)
+
+    def reset_tracking(self) -> None:
+        """Forget every tracked flow and the tracking clock."""
+        with self._lock:
+            if self.tracker is not None:
+                self.tracker.reset()
+
+    def tracking_stats(self) -> dict:
+        """Flows held, live flows, table bytes, bytes per flow (empty when stateless)."""
+        with self._lock:
+            return self.tracker.stats() if self.tracker is not None else {}

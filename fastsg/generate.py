@@ -1546,14 +1546,14 @@ def _engine_factory(W, stateful):
     (stateless engines are reused), or None when the Engine cannot classify in that mode."""
     try:
         from .engine import Engine
-        first = [Engine(W, stateful=stateful)]
+        first = [Engine(W, stateful=stateful, flow_log=False)]
     except (ImportError, NotImplementedError):
         return None
 
     def make():
         if first:
             return first[0] if not stateful else first.pop()
-        return Engine(W, stateful=stateful)
+        return Engine(W, stateful=stateful, flow_log=False)
     return make
 
 

@@ -1,14 +1,20 @@
-"""Replay: captures -> ``Engine`` -> verdict CSV, split captures and a summary (spec sections
-2, 3, 6 and 9).
+"""Replay: captures -> ``Engine`` -> verdict CSV, split captures, REJECT answers, flow log
+and a summary (spec sections 2-7 and 9).
 
 ``replay(world, captures, ...)`` streams each capture in chunks (``iter_capture``), in the
-order given, through one ``Engine``, and feeds every chunk's verdicts to the sinks:
+order given, through one ``Engine`` (stateful unless told otherwise: the tracking tables,
+clock and flow log carry over from chunk to chunk), and feeds every chunk's verdicts to the
+sinks:
 
 * the verdict CSV (``index,verdict,egress_rule,ingress_rule``, one row per record, indexes
   continuing across captures), formatted by a numba kernel straight into bytes;
 * the split captures (``accepted.pcap`` ... ``malformed.pcap``): every record copied with its
   original bytes and timestamp;
-* the tallies of the summary: packets per verdict, checks per instance and per deciding rule.
+* the REJECT answers (``fastsg.reject``), one per REJECT packet, as a raw-IP pcap;
+* the tallies of the summary: packets per verdict and checks per instance.
+
+The per-rule hit counters and the flow log are the engine's (``engine.rule_counters()``,
+``engine.flow_log``): the summary reports them and the flow log is written at the end.
 
 Timeline (section 6): an event at time T applies before the first packet (in capture order)
 whose timestamp is >= T, events in time order, ties in file order.  Every earlier packet had
@@ -37,10 +43,13 @@ import numpy as np
 from .batch import PacketBatch
 from .capture import iter_capture
 from .capture.writer import file_header, record_headers
-from .compile.addrmap import build_v4, build_v6, hash4, hash6
+from .capture.writer import interleave
 from .config import njit, resolve_threads
 from .engine import Engine, Result, Verdict
 from .errors import FastsgError, WorldError
+from .flowlog import FORMATS as FLOW_LOG_FORMATS
+from .flowlog import Registry
+from .reject import LINKTYPE_RAW, build_responses
 
 DEFAULT_CHUNK_PACKETS = 1 << 20
 CSV_HEADER = b"index,verdict,egress_rule,ingress_rule\n"
@@ -51,12 +60,6 @@ SPLIT_FILES = {Verdict.ACCEPT: "accepted.pcap", Verdict.DROP: "dropped.pcap",
                Verdict.REJECT: "rejected.pcap", Verdict.UNMANAGED: "unmanaged.pcap",
                Verdict.MALFORMED: "malformed.pcap"}
 LINKTYPE_ETHERNET = 1
-
-STATEFUL_UNAVAILABLE = (
-    "stateful replay (connection tracking, spec section 4) is not yet available; pass "
-    "--stateless to judge every packet by the rules alone (the default becomes stateful "
-    "once tracking lands)")
-
 
 class ReplayError(FastsgError):
     """A replay cannot run or cannot write its outputs."""
@@ -71,14 +74,20 @@ class ReplaySummary:
 
     verdicts: packets per verdict name (all five, adding up to ``packets``).
     captures: per capture, its reading statistics.  instances: per instance id, per
-    direction, the checks it decided by result.  rules: per deciding-rule name (rule ids,
-    ``default``, the conntrack reasons) the checks it decided and their bytes (wire lengths).
+    direction, the checks it decided by result.  rule_counters: the engine's per-rule hit
+    counters (spec section 7) as {name: {"packets", "bytes"}}: every rule id of the world,
+    ``default`` and the conntrack reasons, zeros included; packets add up to the checks.
+    flow_log: the flow log's counts (``FlowLog.totals()`` and the format) when one was
+    written, else None.  responses: {"written", "rejected"} when REJECT answers were
+    written, else None.
     """
     packets: int = 0
     verdicts: dict = field(default_factory=dict)
     captures: list = field(default_factory=list)
     instances: dict = field(default_factory=dict)
-    rules: dict = field(default_factory=dict)
+    rule_counters: dict = field(default_factory=dict)
+    flow_log: Optional[dict] = None
+    responses: Optional[dict] = None
     elapsed_seconds: float = 0.0
     timings: dict = field(default_factory=dict)
     stateful: bool = False
@@ -95,7 +104,9 @@ class ReplaySummary:
     def to_dict(self) -> dict:
         return {"packets": self.packets, "verdicts": dict(self.verdicts),
                 "captures": list(self.captures), "instances": dict(self.instances),
-                "rules": dict(self.rules), "elapsed_seconds": round(self.elapsed_seconds, 6),
+                "rule_counters": dict(self.rule_counters), "flow_log": self.flow_log,
+                "responses": self.responses,
+                "elapsed_seconds": round(self.elapsed_seconds, 6),
                 "packets_per_second": round(self.packets_per_second, 1),
                 "timings": {k: round(v, 6) for k, v in self.timings.items()},
                 "stateful": self.stateful, "threads": self.threads,
@@ -104,12 +115,15 @@ class ReplaySummary:
 
 
 def check_totals(summary: ReplaySummary, rows_written: Optional[int] = None,
-                 split_written: Optional[int] = None) -> None:
-    """The invariants of section 9, checked on every replay: the verdict counts add up to
-    the packets classified, which are the records the captures yielded, and every output
-    got one row / record per packet.  The counts come from different places (the tally
-    kernel, the chunk loop, the reader's statistics, the sinks), so a disagreement is a
-    bug in fastsg, never a property of the input: raise loudly."""
+                 split_written: Optional[int] = None, checks: Optional[int] = None) -> None:
+    """The invariants of sections 7 and 9, checked on every replay: the verdict counts add
+    up to the packets classified, which are the records the captures yielded, and every
+    output got one row / record per packet; the rule counters add up to the ``checks``
+    tallied per instance; the flow log's records plus its skipped packets add up to the
+    events it logged; one REJECT answer was written per REJECT packet.  The counts come from
+    different places (the tally kernel, the engine's counters, the chunk loop, the reader's
+    statistics, the sinks), so a disagreement is a bug in fastsg, never a property of the
+    input: raise loudly."""
     n = summary.packets
     problems = []
     total = sum(summary.verdicts.values())
@@ -122,6 +136,20 @@ def check_totals(summary: ReplaySummary, rows_written: Optional[int] = None,
         problems.append(f"{rows_written} verdict rows written for {n} packets")
     if split_written is not None and split_written != n:
         problems.append(f"{split_written} records split for {n} packets")
+    counted = sum(c["packets"] for c in summary.rule_counters.values())
+    if checks is not None and counted != checks:
+        problems.append(f"the rule counters hold {counted} checks, the instances {checks}")
+    fl = summary.flow_log
+    if fl is not None and fl["ok_packets"] + fl["skipped_packets"] != fl["logged_events"]:
+        problems.append(f"the flow log's records hold {fl['ok_packets']} packets and "
+                        f"{fl['skipped_packets']} were skipped, but {fl['logged_events']} "
+                        "events were logged")
+    if fl is not None and fl["logged_events"] > counted:
+        problems.append(f"the flow log logged {fl['logged_events']} events of {counted} checks")
+    rs = summary.responses
+    if rs is not None and not rs["written"] == rs["rejected"] == summary.verdicts.get("REJECT", 0):
+        problems.append(f"{rs['written']} REJECT answers written for {rs['rejected']} rejected "
+                        f"packets seen and {summary.verdicts.get('REJECT', 0)} REJECT verdicts")
     if problems:
         raise RuntimeError("replay totals do not add up (a fastsg bug): " + "; ".join(problems))
 
@@ -480,161 +508,141 @@ class SplitWriter:
 
 
 # =========================================================================================
-# address -> instance, and the tallies
+# REJECT answers and the flow log
 # =========================================================================================
-_LOW32 = np.uint64(0xFFFFFFFF)
+class ResponseWriter:
+    """The answers to REJECTed packets (spec section 5, ``fastsg.reject``) as one raw-IP
+    pcap (link type 101, nanosecond timestamps): one answer per REJECT packet, in capture
+    order, each with its packet's timestamp.  Every REJECT packet is answered (``suppress=
+    False``: the answer the spec describes, even where a real host would stay silent, e.g.
+    to a TCP RST), so ``written == rejected``.  The ICMP answers quote the packets' original
+    bytes, read from the capture."""
+
+    def __init__(self, path):
+        self.file = _PendingFile(path)
+        self.file.f.write(file_header(LINKTYPE_RAW, nanosecond=True))
+        self.written = 0
+        self.rejected = 0
+
+    def write(self, src_path: str, batch: PacketBatch, verdict: np.ndarray) -> None:
+        mask = verdict == Verdict.REJECT
+        k = int(np.count_nonzero(mask))
+        if k == 0:
+            return
+        self.rejected += k
+        original = src_path if (batch.rec_offset >= 0).all() else None
+        buf, offsets, ts = build_responses(batch, mask, original, suppress=False)
+        lengths = np.diff(offsets)
+        if len(lengths) != k or (lengths <= 0).any():
+            raise RuntimeError(f"{int(np.count_nonzero(lengths <= 0))} of {k} rejected packets "
+                               "got no answer (a fastsg bug)")
+        headers = record_headers(ts, lengths, lengths, True)
+        self.file.f.write(interleave(headers, buf, lengths).data)
+        self.written += k
+
+    def commit(self) -> None:
+        self.file.commit()
+
+    def abort(self) -> None:
+        self.file.abort()
 
 
+class FlowLogFile:
+    """The engine's flow log (spec section 7) in ``fmt`` ('aws' or 'jsonl'), written at the
+    end of the replay under a temporary name and renamed into place with the other outputs.
+    The file is opened up front so that an unwritable path fails before any work."""
+
+    def __init__(self, path, fmt: str):
+        if fmt not in FLOW_LOG_FORMATS:
+            raise ReplayError(f"unknown flow-log format {fmt!r} (one of {', '.join(FLOW_LOG_FORMATS)})")
+        self.fmt = fmt
+        self.file = _PendingFile(path)
+
+    def write(self, flow_log) -> int:
+        """Write every record; returns how many."""
+        flow_log.check()
+        lines = flow_log.lines(self.fmt)
+        self.file.f.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        return len(lines)
+
+    def commit(self) -> None:
+        self.file.commit()
+
+    def abort(self) -> None:
+        self.file.abort()
+
+
+# =========================================================================================
+# the tallies
+# =========================================================================================
 @njit()
-def _tally(t, verdict, egress_rule, ingress_rule, ipver, src_hi, src_lo, dst_hi, dst_lo,
-           wirelen, verdicts, rule_packets, rule_bytes, inst):
-    """Count one classified piece: packets per verdict, checks and bytes per deciding rule,
-    checks per (instance, direction 0 egress / 1 ingress, result).  The instance of a check
-    is found in the ``OwnerMap`` hash tables ``t``.  Returns the number of checks whose
-    instance could not be found (must be 0).
-
-    One loop body, no helper taking the tables: numba reference-counts the array arguments
-    of every helper call, which costs more than the probe itself.
-    """
-    a4, shift4, a6_hi, a6_lo, a6_val, shift6 = t
-    mask4 = len(a4) - 1
-    mask6 = len(a6_val) - 1
-    lost = 0
+def _tally(verdict, egress_rule, ingress_rule, src_instance, dst_instance, inst_map, verdicts,
+           inst):
+    """Count one classified piece: packets per verdict (``verdicts``), checks per (instance,
+    direction 0 egress / 1 ingress, result) (``inst``, rows by ``inst_map[instance index]``).
+    Returns the number of checks without an instance or with an impossible result (must be
+    0)."""
+    bad = 0
     for i in range(len(verdict)):
         v = verdict[i]
         verdicts[v] += 1
         e = egress_rule[i]
         g = ingress_rule[i]
-        w = np.int64(wirelen[i])
-        for side in range(2):
-            rule = e if side == 0 else g
-            if rule < 0:
-                continue
-            rule_packets[rule] += 1
-            rule_bytes[rule] += w
+        if e >= 0:
+            x = src_instance[i]
             # a packet that met its ingress check passed its egress check
-            result = v if (side == 1 or g < 0) else 0
-            hi = src_hi[i] if side == 0 else dst_hi[i]
-            lo = src_lo[i] if side == 0 else dst_lo[i]
-            x = -1
-            if ipver[i] == 4:
-                a = np.uint32(lo)
-                h = np.int64(hash4(a, shift4))
-                slot = a4[h]
-                while (slot & _LOW32) != _LOW32:
-                    if np.uint32(slot >> np.uint64(32)) == a:
-                        x = np.int64(np.uint32(slot & _LOW32))
-                        break
-                    h = (h + 1) & mask4
-                    slot = a4[h]
-            else:
-                h = np.int64(hash6(hi, lo, shift6))
-                while a6_val[h] != -1:
-                    if a6_hi[h] == hi and a6_lo[h] == lo:
-                        x = np.int64(a6_val[h])
-                        break
-                    h = (h + 1) & mask6
+            result = v if g < 0 else 0
             if x < 0 or result > 2:
-                lost += 1
+                bad += 1
             else:
-                inst[x, side, result] += 1
-    return lost
-
-
-class OwnerMap:
-    """Which running instance an address belongs to (spec section 2), as hash tables.
-
-    Instances get dense indexes in order of first appearance (``ids``), stable across
-    rebuilds, so tallies can be kept in arrays.  Rebuilt only when a change could move an
-    address (launch, terminate): rule changes, attach and detach cannot.
-    """
-
-    def __init__(self, world):
-        self.world = world
-        self.ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self._revision = None
-        self.tables = None
-        self.refresh()
-
-    def refresh(self) -> None:
-        world = self.world
-        with world.lock:
-            if self._revision == world.revision:
-                return
-            if self._revision is not None and not any(
-                    c.kind in ("launch", "terminate") for c in world.changes_since(self._revision)):
-                self._revision = world.revision
-                return
-            self._build(world)
-            self._revision = world.revision
-
-    def _build(self, world) -> None:
-        v4_key, v4_val, v6_hi, v6_lo, v6_val = [], [], [], [], []
-        for inst in world.instances.values():
-            if not inst.running:
-                continue
-            k = self._index.setdefault(inst.id, len(self.ids))
-            if k == len(self.ids):
-                self.ids.append(inst.id)
-            for addr in inst.addresses():
-                v = int(addr)
-                if addr.version == 4:
-                    v4_key.append(v)
-                    v4_val.append(k)
-                else:
-                    v6_hi.append(v >> 64)
-                    v6_lo.append(v & 0xFFFFFFFFFFFFFFFF)
-                    v6_val.append(k)
-        a4, bits4 = build_v4(np.array(v4_key, np.uint32), np.array(v4_val, np.int32))
-        a6_hi, a6_lo, a6_val, bits6 = build_v6(np.array(v6_hi, np.uint64),
-                                               np.array(v6_lo, np.uint64),
-                                               np.array(v6_val, np.int32))
-        self.tables = (a4, np.int64(64 - bits4), a6_hi, a6_lo, a6_val, np.int64(64 - bits6))
+                inst[inst_map[x], 0, result] += 1
+        if g >= 0:
+            x = dst_instance[i]
+            if x < 0 or v > 2:
+                bad += 1
+            else:
+                inst[inst_map[x], 1, v] += 1
+    return bad
 
 
 class Tally:
-    """Packets per verdict, checks per (instance, direction, result) and per deciding rule."""
+    """Packets per verdict and checks per (instance, direction, result), from the engine's
+    results (the instance of each check is ``Result.src_instance`` / ``dst_instance``).
+    Instances get dense rows in order of first appearance (``instance_ids``), stable even if
+    the engine's instance indexes are not."""
 
     def __init__(self):
         self.verdicts = np.zeros(len(Verdict), np.int64)
-        self.rule_packets = np.zeros(64, np.int64)
-        self.rule_bytes = np.zeros(64, np.int64)
         self.inst = np.zeros((16, 2, len(CHECK_VERDICTS)), np.int64)
-        self.rule_names: tuple = ()
+        self._instances = Registry()
 
-    def add(self, batch: PacketBatch, res: Result, owners: OwnerMap) -> None:
-        """Count one classified piece, with ``owners`` as of the world it was classified in."""
-        if len(res.rule_names) > len(self.rule_names):
-            self.rule_names = res.rule_names
-        self.rule_packets = _grown(self.rule_packets, len(res.rule_names))
-        self.rule_bytes = _grown(self.rule_bytes, len(res.rule_names))
-        self.inst = _grown(self.inst, len(owners.ids))
-        c = batch.columns
-        lost = _tally(owners.tables, res.verdict, res.egress_rule, res.ingress_rule, c["ipver"],
-                      c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["wirelen"],
-                      self.verdicts, self.rule_packets, self.rule_bytes, self.inst)
-        if lost:
-            raise RuntimeError(f"{lost} checks happened at addresses no running instance owns "
-                               "(engine and world disagree: a fastsg bug)")
+    @property
+    def instance_ids(self) -> list[str]:
+        return self._instances.names
 
-    def instances(self, ids: Sequence[str]) -> dict:
+    def add(self, res: Result) -> None:
+        """Count one classified piece."""
+        if res.src_instance is None or res.dst_instance is None:
+            raise RuntimeError("the engine's results carry no instance indexes")
+        inst_map = self._instances.map(res.instance_ids)
+        self.inst = _grown(self.inst, len(self._instances.names))
+        bad = _tally(res.verdict, res.egress_rule, res.ingress_rule, res.src_instance,
+                     res.dst_instance, inst_map, self.verdicts, self.inst)
+        if bad:
+            raise RuntimeError(f"{bad} checks without an instance or with an impossible result "
+                               "(engine result inconsistent: a fastsg bug)")
+
+    def checks(self) -> int:
+        """Checks counted (every instance, direction and result)."""
+        return int(self.inst.sum())
+
+    def instances(self) -> dict:
         out = {}
         totals = self.inst.sum(axis=(1, 2))
+        ids = self._instances.names
         for i in np.flatnonzero(totals).tolist():
             out[ids[i]] = {d: {v.name: int(self.inst[i, j, int(v)]) for v in CHECK_VERDICTS}
                            for j, d in enumerate(DIRECTIONS)}
-        return out
-
-    def rules(self, world) -> dict:
-        """Every deciding-rule name: the reasons, every rule the engine knows (in its index
-        order), then the world's rules no running instance uses (0 hits)."""
-        out = {name: {"packets": int(self.rule_packets[i]), "bytes": int(self.rule_bytes[i])}
-               for i, name in enumerate(self.rule_names)}
-        with world.lock:
-            for g in world.groups.values():
-                for r in g.ingress + g.egress:
-                    out.setdefault(r.id, {"packets": 0, "bytes": 0})
         return out
 
 
@@ -654,18 +662,18 @@ class Replayer:
     """Runs one replay: an Engine on a world, the timeline, the sinks and the tallies."""
 
     def __init__(self, world, *, stateful: bool, threads: Optional[int], chunk_packets: int,
-                 progress: Optional[Callable[[int], None]], on_warning: Callable[[str], None]):
+                 progress: Optional[Callable[[int], None]], on_warning: Callable[[str], None],
+                 flow_log: bool = False):
         self.world = world
-        try:
-            self.engine = Engine(world, stateful=stateful, threads=threads)
-        except NotImplementedError:
-            raise ReplayError(STATEFUL_UNAVAILABLE) from None
+        # flow records only when a flow log is wanted; the rule counters are always kept
+        self.engine = Engine(world, stateful=stateful, threads=threads,
+                             flow_log=None if flow_log else False)
         self.chunk_packets = int(chunk_packets)
         self.csv: Optional[VerdictCsv] = None
         self.split: Optional[SplitWriter] = None
+        self.responses: Optional[ResponseWriter] = None
         self.progress = progress
         self.on_warning = on_warning
-        self.owners = OwnerMap(world)
         self.tally = Tally()
         self.pending = list(world.pending_events())
         self.applied = 0
@@ -718,6 +726,8 @@ class Replayer:
             self.csv.write(verdict, egress_rule, ingress_rule, rule_names)
         if self.split is not None:
             self.split.write(path, batch, verdict)
+        if self.responses is not None:
+            self.responses.write(path, batch, verdict)
         self.records += len(batch)
         self.timings["write"] += time.perf_counter() - t0
 
@@ -756,8 +766,7 @@ class Replayer:
         t0 = time.perf_counter()
         res = self.engine.classify(batch)
         t1 = time.perf_counter()
-        self.owners.refresh()
-        self.tally.add(batch, res, self.owners)
+        self.tally.add(res)
         self.timings["classify"] += t1 - t0
         self.timings["tally"] += time.perf_counter() - t1
         return res
@@ -793,13 +802,16 @@ def check_captures(paths: Sequence) -> None:
 
 def replay(world, captures: Iterable, *, stateful: bool = True, threads: Optional[int] = None,
            chunk_packets: int = DEFAULT_CHUNK_PACKETS, verdicts=None, split_dir=None,
+           flow_log=None, log_format: str = "aws", responses=None,
            progress: Optional[Callable[[int], None]] = None,
            on_warning: Optional[Callable[[str], None]] = None,
            copy_world: bool = True) -> ReplaySummary:
     """Replay ``captures`` (paths, in order) against ``world`` and return the summary.
 
-    ``stateful``: spec section 4 tracking (not available yet: raises ``ReplayError``).
-    ``verdicts``: path of the verdict CSV; ``split_dir``: directory of the split captures.
+    ``stateful``: spec section 4 tracking (False: the rules alone judge every packet).
+    ``verdicts``: path of the verdict CSV; ``split_dir``: directory of the split captures;
+    ``flow_log``: path of the flow log (spec section 7) in ``log_format`` ('aws' or
+    'jsonl'); ``responses``: path of the raw-IP pcap of REJECT answers (section 5).
     ``progress(n)`` is called with the capture bytes consumed after each chunk;
     ``on_warning(message)`` with each warning (truncated final record...), also listed in
     the summary.  The timeline is applied to a copy of ``world`` unless ``copy_world`` is
@@ -811,31 +823,57 @@ def replay(world, captures: Iterable, *, stateful: bool = True, threads: Optiona
     check_captures(paths)
     if chunk_packets < 1:
         raise ReplayError(f"chunk_packets must be >= 1, not {chunk_packets}")
+    if log_format not in FLOW_LOG_FORMATS:
+        raise ReplayError(f"unknown flow-log format {log_format!r} "
+                          f"(one of {', '.join(FLOW_LOG_FORMATS)})")
     live = world.copy() if copy_world else world
     summary = ReplaySummary(stateful=stateful, threads=resolve_threads(threads))
     warn = _collector(summary.warnings, on_warning)
-    csv = split = None
+    sinks: list = []
     try:
         replayer = Replayer(live, stateful=stateful, threads=threads, chunk_packets=chunk_packets,
-                            progress=progress, on_warning=warn)
+                            progress=progress, on_warning=warn, flow_log=flow_log is not None)
         compile_seconds = time.perf_counter() - t_start
-        csv = VerdictCsv(verdicts) if verdicts is not None else None
-        split = SplitWriter(split_dir) if split_dir is not None else None
-        replayer.csv, replayer.split = csv, split
+
+        def sink(make, *args):
+            if args[0] is None:
+                return None
+            sinks.append(make(*args))
+            return sinks[-1]
+        csv = sink(VerdictCsv, verdicts)
+        split = sink(SplitWriter, split_dir)
+        answers = sink(ResponseWriter, responses)
+        log_file = sink(FlowLogFile, flow_log, log_format)
+        replayer.csv, replayer.split, replayer.responses = csv, split, answers
         replayer.run(paths)
-        _fill_summary(summary, replayer, live)
+        _fill_summary(summary, replayer)
         summary.timings = {"compile": compile_seconds, **replayer.timings}
+        if log_file is not None:
+            summary.flow_log = {**replayer.engine.flow_log.totals(), "format": log_format}
+        if answers is not None:
+            summary.responses = {"written": answers.written, "rejected": answers.rejected}
         check_totals(summary, csv.rows if csv is not None else None,
-                     sum(split.counts.values()) if split is not None else None)
+                     sum(split.counts.values()) if split is not None else None,
+                     replayer.tally.checks())
+        if log_file is not None:
+            t0 = time.perf_counter()
+            log_file.write(replayer.engine.flow_log)
+            summary.timings["flow_log"] = time.perf_counter() - t0
+        # everything is written: rename into place
         if csv is not None:
             csv.commit()
             summary.outputs["verdicts"] = os.fspath(verdicts)
+        if answers is not None:
+            answers.commit()
+            summary.outputs["responses"] = os.fspath(responses)
+        if log_file is not None:
+            log_file.commit()
+            summary.outputs["flow_log"] = os.fspath(flow_log)
         if split is not None:
             summary.outputs["split"] = split.commit(replayer.default_linktype())
     except BaseException:
-        for sink in (csv, split):
-            if sink is not None:
-                sink.abort()
+        for sink in sinks:
+            sink.abort()
         raise
     summary.elapsed_seconds = time.perf_counter() - t_start
     return summary
@@ -849,13 +887,14 @@ def _collector(store: list, callback):
     return warn
 
 
-def _fill_summary(summary: ReplaySummary, r: Replayer, world) -> None:
+def _fill_summary(summary: ReplaySummary, r: Replayer) -> None:
     t = r.tally
     summary.packets = r.records
     summary.verdicts = {v.name: int(t.verdicts[v]) for v in Verdict}
     summary.captures = r.captures
-    summary.instances = t.instances(r.owners.ids)
-    summary.rules = t.rules(world)
+    summary.instances = t.instances()
+    summary.rule_counters = {name: {"packets": p, "bytes": b}
+                             for name, (p, b) in r.engine.rule_counters().items()}
     summary.events_applied = r.applied
     summary.events_pending = len(r.pending)
 

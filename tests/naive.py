@@ -6,12 +6,20 @@ instances, orders: ``fastsg.world.model``) and walks the spec one packet at a ti
 
 * section 2 -- which checks a packet meets            -> ``owner_of``, ``classify_one``
 * section 3 -- matching and the combining order       -> ``rule_matches``, ``decide``, ``run_check``
+* section 4 -- stateful tracking                       -> ``NaiveState(stateful=True)``,
+                                                         ``track_check`` (own flow, RELATED,
+                                                         capacity, insert, RST, streams)
 * section 6 -- changes take effect immediately        -> ``naive_replay`` (timeline events)
+* section 7 -- flow logs and rule counters            -> ``naive_flow_log``,
+                                                         ``naive_aws_lines``,
+                                                         ``naive_jsonl_lines``,
+                                                         ``naive_rule_counters``
 
-Sections 4 (stateful tracking), 5 (REJECT answers) and 7 (flow logs) are not implemented
-yet; ``NaiveState`` and ``CheckEvent`` are where they will plug in (see the ``TODO(section
-N)`` markers).  Everything here is sequential on purpose: packets are processed in capture
-order, and each packet sees the world exactly as it is when the packet comes.
+Section 4 follows /tmp/dev/CONTRACT.md ("Tracking") where the spec is open: the clock is
+the latest timestamp seen so far; a flow is live iff ``last + timeout >= now``; capacity
+counts live flows only (counted the obvious way, every time).  Section 5 (REJECT answers)
+is not modelled here.  Everything is sequential on purpose: packets are processed in
+capture order, and each packet sees the world exactly as it is when the packet comes.
 
 Addresses are ``ipaddress`` objects and CIDR matching uses ``ipaddress`` membership.
 """
@@ -49,7 +57,9 @@ DEFAULT_REASON = "default"
 class NaivePacket:
     """One packet record, decoded.  ``src``/``dst`` are ``ipaddress`` objects (None for a
     non-IP frame).  ``status`` is 'ip', 'non-ip' or 'malformed'.  ``frag`` is true for a
-    non-first fragment.  The fields after ``wirelen`` are not used yet (sections 4, 5)."""
+    non-first fragment.  ``icmp_id`` keys an ICMP echo's flow and the ``emb_*`` fields (an
+    ICMP error's quoted header) RELATED lookups (section 4); tcp_seq/tcp_ack/l4_payload_len
+    are for REJECT answers (section 5, not modelled here)."""
     status: str
     ipver: int
     proto: int
@@ -63,7 +73,7 @@ class NaivePacket:
     ts_ns: int = 0
     tcp_flags: int = 0
     wirelen: int = 64
-    # --- for stateful tracking (section 4) and REJECT answers (section 5), unused yet ---
+    # --- for stateful tracking (section 4) and REJECT answers (section 5) ---
     icmp_id: int = 0
     tcp_seq: int = 0
     tcp_ack: int = 0
@@ -78,8 +88,8 @@ class NaivePacket:
 
 @dataclass(frozen=True)
 class NaiveResult:
-    """A packet's verdict and the deciding rule of each check: a rule id, 'default' (or,
-    later, a conntrack reason), or None where the check did not happen."""
+    """A packet's verdict and the deciding rule of each check: a rule id, 'default', a
+    conntrack reason, or None where the check did not happen."""
     verdict: str
     egress_rule: Optional[str]
     ingress_rule: Optional[str]
@@ -90,24 +100,67 @@ class NaiveResult:
 
 @dataclass(frozen=True)
 class CheckEvent:
-    """One check a packet met (spec section 7 calls it an *event* of the instance).
-    Recorded now so flow logs (section 7) can be built from it later."""
+    """One check a packet met (spec section 7 calls it an *event* of the instance), with
+    everything a flow record needs, captured when the check happened (the world may change
+    later: a revoked rule's ``log`` flag, a launched instance's owner)."""
     packet_index: int
     instance: str
     direction: str          # 'egress' | 'ingress'
-    result: str             # ACCEPT | DROP | REJECT
-    rule: str               # rule id or 'default' (later: conntrack reasons)
+    result: str             # ACCEPT | DROP | REJECT (the event's action, see ``action``)
+    rule: str               # rule id or a reason: default / conntrack / conntrack-related / conntrack-full
+    ts_ns: int = 0
+    wirelen: int = 0
+    proto: int = 0
+    src: object = None
+    dst: object = None
+    sport: int = 0
+    dport: int = 0
+    account: str = ""       # the instance's owner when the check happened
+    rule_log: bool = False  # the deciding rule is a rule with ``log: true``
+
+    @property
+    def action(self) -> str:
+        """The event's action.  CONTRACT: the egress event is ACCEPT when the packet went on
+        to an ingress check or was accepted, else the packet's verdict; the ingress event is
+        the packet's verdict.  Both are exactly the check's own result."""
+        return self.result
+
+
+@dataclass
+class FlowEntry:
+    """One tracked flow of an instance's table."""
+    last: int               # ns: the clock when the flow was inserted or last refreshed
+    direction: str          # 'egress' | 'ingress': the direction of the inserting packet
+    stream: bool = False    # udp: packets have passed both ways
 
 
 @dataclass
 class NaiveState:
     """Everything the sequential reference carries from one packet to the next.
 
-    Now: only the list of check events.  TODO(section 4): per-instance conntrack tables.
-    TODO(section 7): flow-log aggregation is a function of ``events``.
+    ``events``: every check event, in order (section 7 is a function of them).
+    ``stateful``: run section 4.  ``conntrack``: the tracking config (seconds and capacity,
+    the keys of ``world.conntrack``); None reads ``world.conntrack`` at each check.
+    ``tables``: instance id -> {flow key: FlowEntry}.  ``now``: the tracking clock (ns), the
+    latest timestamp seen so far (None before the first packet).
     """
     events: list = field(default_factory=list)
     stateful: bool = False
+    conntrack: Optional[dict] = None
+    tables: dict = field(default_factory=dict)
+    now: Optional[int] = None
+
+    def table(self, instance_id: str) -> dict:
+        return self.tables.setdefault(instance_id, {})
+
+    def live_flows(self, world, instance_id: str) -> int:
+        """The flows of the instance's table that are live at ``now`` (expired ones do not count)."""
+        config = self.config(world)
+        return sum(1 for key, entry in self.tables.get(instance_id, {}).items()
+                   if is_live(entry, key[0], self.now, config))
+
+    def config(self, world) -> dict:
+        return self.conntrack if self.conntrack is not None else world.conntrack
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,13 +310,141 @@ def decide(order: str, matching: Sequence) -> tuple:
     raise AssertionError(f"unknown order {order!r}")
 
 
-def run_check(world, state: NaiveState, inst, direction: str, pkt: NaivePacket, peer) -> tuple:
-    """One check at ``inst``: returns (ACCEPT|DROP|REJECT, deciding rule)."""
-    # TODO(section 4): when state.stateful, look the flow up in inst's table first
-    # (own flow, then RELATED for ICMP errors), and insert it after a rules ACCEPT.
+def rules_check(world, inst, direction: str, pkt: NaivePacket, peer) -> tuple:
+    """Section 3 alone: (ACCEPT|DROP|REJECT, deciding rule id or 'default')."""
     matching = [r for r in rules_in_canonical_order(world, inst, direction)
                 if rule_matches(world, r, inst, pkt, peer)]
     return decide(order_of(world, inst), matching)
+
+
+def rule_has_log(world, inst, direction: str, rule_id: str) -> bool:
+    """True when ``rule_id`` is a rule of the instance's groups (this direction) with ``log: true``."""
+    return any(r.id == rule_id and r.log for r in rules_in_canonical_order(world, inst, direction))
+
+
+# ---------------------------------------------------------------------------------------
+# section 4: stateful tracking
+# ---------------------------------------------------------------------------------------
+CONNTRACK = "conntrack"
+CONNTRACK_RELATED = "conntrack-related"
+CONNTRACK_FULL = "conntrack-full"
+REASONS = (DEFAULT_REASON, CONNTRACK, CONNTRACK_RELATED, CONNTRACK_FULL)
+
+TCP_RST = 0x04
+ICMP_ECHO_TYPES = {PROTO_ICMP: (8, 0), PROTO_ICMPV6: (128, 129)}
+ICMP_ERROR_TYPES = {PROTO_ICMP: (3, 4, 5, 11, 12), PROTO_ICMPV6: (1, 2, 3, 4)}
+
+
+def seconds_to_ns(t) -> int:
+    return int(round(t * 1e9))
+
+
+def timeout_ns(proto: int, stream: bool, config: dict) -> int:
+    """The timeout of a flow of ``proto`` (udp: the stream timeout once packets passed both ways)."""
+    if proto == PROTO_TCP:
+        return seconds_to_ns(config["tcp_timeout"])
+    if proto == PROTO_UDP:
+        return seconds_to_ns(config["udp_stream_timeout"] if stream else config["udp_timeout"])
+    if proto in ICMP_PROTOCOLS:
+        return seconds_to_ns(config["icmp_timeout"])
+    return seconds_to_ns(config["other_timeout"])
+
+
+def is_live(entry: FlowEntry, proto: int, now: int, config: dict) -> bool:
+    """Live iff last + timeout >= now (the boundary is live)."""
+    return entry.last + timeout_ns(proto, entry.stream, config) >= now
+
+
+def addr_key(a):
+    """An address as an exact key: (version, value); an IPv4 address never equals an IPv6 one."""
+    return (a.version, int(a))
+
+
+def flow_ports(pkt: NaivePacket) -> tuple:
+    """(sport, dport) as the flow key sees them: tcp/udp ports; for an ICMP echo the
+    identifier stands for both; 0, 0 for anything else."""
+    if pkt.proto in PORT_PROTOCOLS:
+        return pkt.sport, pkt.dport
+    if pkt.proto in ICMP_PROTOCOLS and pkt.icmp_type in ICMP_ECHO_TYPES[pkt.proto]:
+        return pkt.icmp_id, pkt.icmp_id
+    return 0, 0
+
+
+def embedded_ports(pkt: NaivePacket) -> tuple:
+    """The quoted header's (sport, dport) as a flow key sees them: the quoted ports for
+    tcp/udp, the echo identifier (already in emb_sport/emb_dport) or 0 for icmp/icmpv6,
+    0, 0 for any other quoted protocol."""
+    if pkt.emb_proto in PORT_PROTOCOLS or pkt.emb_proto in ICMP_PROTOCOLS:
+        return pkt.emb_sport, pkt.emb_dport
+    return 0, 0
+
+
+def flow_key(proto, x_addr, x_port, peer_addr, peer_port) -> tuple:
+    """(protocol, X's address, X-side port, peer address, peer-side port)."""
+    return (proto, addr_key(x_addr), x_port, addr_key(peer_addr), peer_port)
+
+
+def is_icmp_error(pkt: NaivePacket) -> bool:
+    return pkt.proto in ICMP_PROTOCOLS and pkt.icmp_type in ICMP_ERROR_TYPES[pkt.proto]
+
+
+def track_check(world, state: NaiveState, inst, direction: str, pkt: NaivePacket,
+                rules_result: tuple) -> tuple:
+    """One stateful check at ``inst`` (the CONTRACT's steps 1-4): (result, deciding rule).
+    ``rules_result`` is what the rules alone say (section 3)."""
+    if pkt.frag:                                           # 1. fragments bypass tracking
+        return rules_result
+    config = state.config(world)
+    now = state.now
+    table = state.table(inst.id)
+    sport, dport = flow_ports(pkt)
+    if direction == "egress":
+        key = flow_key(pkt.proto, pkt.src, sport, pkt.dst, dport)
+    else:
+        key = flow_key(pkt.proto, pkt.dst, dport, pkt.src, sport)
+
+    entry = table.get(key)                                 # 2. the packet's own flow
+    if entry is not None and is_live(entry, pkt.proto, now, config):
+        entry.last = now
+        if pkt.proto == PROTO_UDP and direction != entry.direction:
+            entry.stream = True
+        if pkt.proto == PROTO_TCP and pkt.tcp_flags & TCP_RST:
+            del table[key]                                 # the RST ends the flow
+        return ACCEPT, CONNTRACK
+
+    if is_icmp_error(pkt) and pkt.emb_valid:               # 3. RELATED, either orientation
+        esport, edport = embedded_ports(pkt)
+        for x_addr, x_port, p_addr, p_port in ((pkt.emb_src, esport, pkt.emb_dst, edport),
+                                               (pkt.emb_dst, edport, pkt.emb_src, esport)):
+            related = table.get(flow_key(pkt.emb_proto, x_addr, x_port, p_addr, p_port))
+            if related is not None and is_live(related, pkt.emb_proto, now, config):
+                return ACCEPT, CONNTRACK_RELATED           # no refresh, no insert
+
+    result, rule = rules_result                            # 4. the rules
+    if result != ACCEPT:
+        return result, rule
+    if state.live_flows(world, inst.id) >= config["capacity"]:
+        return DROP, CONNTRACK_FULL
+    if pkt.proto == PROTO_TCP and pkt.tcp_flags & TCP_RST:
+        table.pop(key, None)                # inserted and removed after the packet: nothing remains
+    else:
+        table[key] = FlowEntry(last=now, direction=direction)   # replaces an expired entry
+    return result, rule
+
+
+def run_check(world, state: NaiveState, inst, direction: str, pkt: NaivePacket, peer) -> tuple:
+    """One check at ``inst``: returns (ACCEPT|DROP|REJECT, deciding rule)."""
+    rules_result = rules_check(world, inst, direction, pkt, peer)
+    if not state.stateful:
+        return rules_result
+    return track_check(world, state, inst, direction, pkt, rules_result)
+
+
+def _record(world, state, index, inst, direction, pkt, result, rule) -> None:
+    state.events.append(CheckEvent(
+        index, inst.id, direction, result, rule, ts_ns=pkt.ts_ns, wirelen=pkt.wirelen,
+        proto=pkt.proto, src=pkt.src, dst=pkt.dst, sport=pkt.sport, dport=pkt.dport,
+        account=inst.owner, rule_log=rule_has_log(world, inst, direction, rule)))
 
 
 def classify_one(world, pkt: NaivePacket, state: Optional[NaiveState] = None,
@@ -271,6 +452,14 @@ def classify_one(world, pkt: NaivePacket, state: Optional[NaiveState] = None,
     """Section 2: the checks one packet meets, egress first, and its verdict."""
     if state is None:
         state = NaiveState()
+    # the tracking clock: the latest timestamp seen so far, every record included
+    state.now = pkt.ts_ns if state.now is None else max(state.now, pkt.ts_ns)
+    if state.stateful:
+        # a terminated (or vanished) instance's table is gone (instance ids are never reused)
+        for iid in list(state.tables):
+            inst = world.instances.get(iid)
+            if inst is None or inst.state != "running":
+                del state.tables[iid]
     if pkt.status == "malformed":
         return NaiveResult(MALFORMED, None, None)
     if pkt.status == "non-ip":
@@ -286,12 +475,12 @@ def classify_one(world, pkt: NaivePacket, state: Optional[NaiveState] = None,
     egress_rule = ingress_rule = None
     if source is not None:
         result, egress_rule = run_check(world, state, source, "egress", pkt, peer=pkt.dst)
-        state.events.append(CheckEvent(index, source.id, "egress", result, egress_rule))
+        _record(world, state, index, source, "egress", pkt, result, egress_rule)
         if result != ACCEPT:
             return NaiveResult(result, egress_rule, None)       # ingress never happens
     if dest is not None:
         result, ingress_rule = run_check(world, state, dest, "ingress", pkt, peer=pkt.src)
-        state.events.append(CheckEvent(index, dest.id, "ingress", result, ingress_rule))
+        _record(world, state, index, dest, "ingress", pkt, result, ingress_rule)
         if result != ACCEPT:
             return NaiveResult(result, egress_rule, ingress_rule)
     return NaiveResult(ACCEPT, egress_rule, ingress_rule)
@@ -299,7 +488,8 @@ def classify_one(world, pkt: NaivePacket, state: Optional[NaiveState] = None,
 
 def naive_classify(world, packets: Sequence[NaivePacket],
                    state: Optional[NaiveState] = None) -> list:
-    """Classify packets in order against the world as it is (no timeline)."""
+    """Classify packets in order against the world as it is (no timeline).  Pass the same
+    ``state`` to continue one capture-ordered stream over several calls."""
     if state is None:
         state = NaiveState()
     return [classify_one(world, p, state, i) for i, p in enumerate(packets)]
@@ -308,23 +498,144 @@ def naive_classify(world, packets: Sequence[NaivePacket],
 # ---------------------------------------------------------------------------------------
 # section 6: the timeline
 # ---------------------------------------------------------------------------------------
-def naive_replay(world, packets: Sequence[NaivePacket], state: Optional[NaiveState] = None) -> list:
+def naive_replay(world, packets: Sequence[NaivePacket], state: Optional[NaiveState] = None,
+                 live: Optional[object] = None) -> list:
     """Replay packets against a *copy* of the world, applying ``world.timeline`` events as
     time passes: an event at time T applies before the first packet whose ts_ns >= T
-    (events sorted by time, ties in file order).  The given world is not changed."""
+    (events sorted by time, ties in file order).  The given world is not changed; pass
+    ``live`` (an empty list) to get the copy back (``live[0]``, the world after the replay)."""
     if state is None:
         state = NaiveState()
-    live = world.copy()
-    events = sorted(world.timeline, key=lambda ev: (ev.at_ns, ev.index))
+    copy_ = world.copy()
+    if live is not None:
+        live.append(copy_)
+    events = sorted(world.pending_events(), key=lambda ev: (ev.at_ns, ev.index))
     pending = 0
     results = []
     for i, pkt in enumerate(packets):
         while pending < len(events) and events[pending].at_ns <= pkt.ts_ns:
-            live.apply_event(events[pending])
-            # TODO(section 4): terminate discards the instance's tracking table.
+            ev = events[pending]
+            copy_.apply_event(ev)
+            if ev.kind == "terminate":
+                state.tables.pop(ev.args["instance"], None)     # the table is discarded
             pending += 1
-        results.append(classify_one(live, pkt, state, i))
+        results.append(classify_one(copy_, pkt, state, i))
     return results
+
+
+# ---------------------------------------------------------------------------------------
+# section 7: flow logs and rule counters
+# ---------------------------------------------------------------------------------------
+FLOW_RECORD_FIELDS = ("window_start", "account", "instance", "direction", "protocol", "srcaddr",
+                      "dstaddr", "srcport", "dstport", "packets", "bytes", "start", "end",
+                      "action", "rule", "log_status")
+
+
+def is_logged(event: CheckEvent, logging: dict) -> bool:
+    if event.action != ACCEPT and logging["drops"]:
+        return True
+    if event.action == ACCEPT and logging["accepts"]:
+        return True
+    return event.rule_log
+
+
+def naive_flow_log(world, events: Sequence[CheckEvent], logging: Optional[dict] = None) -> list:
+    """The flow records of the logged events, in output order, as dicts with the fields of
+    ``FLOW_RECORD_FIELDS`` (addresses as str; None for a SKIPDATA record's missing values)."""
+    if logging is None:
+        logging = world.logging
+    interval = logging["aggregation_interval"]
+    interval_ns = int(round(interval * 1e9))
+    max_records = logging["max_records"]
+    records = {}            # key -> dict (with '_seq', the sequence number of its first event)
+    ok_records = 0
+    seq = 0
+    for ev in events:
+        if not is_logged(ev, logging):
+            continue
+        window = ev.ts_ns // interval_ns
+        if ev.proto in PORT_PROTOCOLS:
+            sport, dport = ev.sport, ev.dport
+        else:
+            sport, dport = 0, 0
+        key = ("OK", window, ev.instance, ev.direction, ev.proto, addr_key(ev.src),
+               addr_key(ev.dst), sport, dport, ev.action, ev.rule)
+        if key not in records:
+            if ok_records >= max_records:
+                key = ("SKIPDATA", window, ev.instance)
+            else:
+                ok_records += 1
+        if key not in records:
+            ok = key[0] == "OK"
+            records[key] = {
+                "window_start": window * interval, "account": ev.account,
+                "instance": ev.instance,
+                "direction": ev.direction if ok else None,
+                "protocol": ev.proto if ok else None,
+                "srcaddr": str(ev.src) if ok else None,
+                "dstaddr": str(ev.dst) if ok else None,
+                "srcport": sport if ok else None, "dstport": dport if ok else None,
+                "packets": 0, "bytes": 0, "start": None, "end": None,
+                "action": ev.action if ok else None, "rule": ev.rule if ok else None,
+                "log_status": "OK" if ok else "SKIPDATA",
+                "_seq": seq, "_window": window, "_min": ev.ts_ns, "_max": ev.ts_ns}
+        rec = records[key]
+        rec["packets"] += 1
+        rec["bytes"] += ev.wirelen
+        rec["_min"] = min(rec["_min"], ev.ts_ns)
+        rec["_max"] = max(rec["_max"], ev.ts_ns)
+        seq += 1
+    out = []
+    for rec in sorted(records.values(), key=lambda r: (r["_window"], r["_seq"])):
+        rec["start"] = rec["_min"] // 10**9
+        rec["end"] = rec["_max"] // 10**9
+        if isinstance(rec["window_start"], float) and rec["window_start"].is_integer():
+            rec["window_start"] = int(rec["window_start"])
+        out.append({k: rec[k] for k in FLOW_RECORD_FIELDS})
+    return out
+
+
+def naive_skipped_packets(world, events: Sequence[CheckEvent], logging: Optional[dict] = None) -> int:
+    """Packets (events) counted in SKIPDATA records."""
+    return sum(r["packets"] for r in naive_flow_log(world, events, logging)
+               if r["log_status"] == "SKIPDATA")
+
+
+def naive_aws_lines(records: Sequence[dict]) -> list:
+    """VPC Flow Logs v2 default lines (no trailing newline); DROP is written REJECT."""
+    lines = []
+    for r in records:
+        if r["log_status"] == "SKIPDATA":
+            lines.append(f"2 {r['account']} {r['instance']} - - - - - {r['packets']} "
+                         f"{r['bytes']} {r['start']} {r['end']} - SKIPDATA")
+            continue
+        action = "ACCEPT" if r["action"] == ACCEPT else "REJECT"
+        lines.append(f"2 {r['account']} {r['instance']} {r['srcaddr']} {r['dstaddr']} "
+                     f"{r['srcport']} {r['dstport']} {r['protocol']} {r['packets']} "
+                     f"{r['bytes']} {r['start']} {r['end']} {action} {r['log_status']}")
+    return lines
+
+
+def naive_jsonl_lines(records: Sequence[dict]) -> list:
+    import json
+    return [json.dumps({k: r[k] for k in FLOW_RECORD_FIELDS}, separators=(",", ":"))
+            for r in records]
+
+
+def naive_rule_counters(world, events: Sequence[CheckEvent]) -> dict:
+    """name -> (packets, bytes) over every event (logged or not): every rule id of the
+    world as it is now and the four reasons, zeros included.  A rule that decided events
+    and is gone from the world (revoked) is reported too (its counts are not lost)."""
+    counts = {}
+    for g in world.groups.values():
+        for r in list(g.ingress) + list(g.egress):
+            counts[r.id] = (0, 0)
+    for reason in REASONS:
+        counts[reason] = (0, 0)
+    for ev in events:
+        p, b = counts.get(ev.rule, (0, 0))
+        counts[ev.rule] = (p + 1, b + ev.wirelen)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------

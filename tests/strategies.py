@@ -29,6 +29,7 @@ faster than a composite strategy per packet, and hypothesis still replays and sh
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import numpy as np
 from hypothesis import strategies as st
@@ -702,3 +703,452 @@ def result_tuples(res) -> list:
         raise AssertionError(f"result columns of different lengths: {len(verdicts)}, {len(eg)}, {len(ing)}")
     return [(Verdict(v).name, names[e] if e >= 0 else None, names[i] if i >= 0 else None)
             for v, e, i in zip(verdicts, eg, ing)]
+
+
+# =======================================================================================
+# stateful traffic (spec section 4) and flow logs (section 7)
+# =======================================================================================
+# Small timeouts (seconds) so that flows expire within a short generated capture.
+TRACK_CONNTRACK = {"tcp_timeout": 5, "udp_timeout": 2, "udp_stream_timeout": 4,
+                   "icmp_timeout": 1, "other_timeout": 3}
+TRACK_CAPACITIES = (1, 1, 2, 2, 3, 3, 1000)
+T0_NS = 1_700_000_000 * 10**9            # a realistic epoch base for generated captures
+SEC = 10**9
+# time steps between packets (ns): zero, tiny, around every timeout (+-1 ns), long jumps;
+# TRACK_BACK: occasional steps back in time (out-of-order captures)
+TRACK_STEPS = (0, 0, 0, 1, SEC // 10, SEC // 2, SEC // 2, SEC - 1, SEC, SEC, SEC + 1,
+               2 * SEC - 1, 2 * SEC, 2 * SEC + 1, 3 * SEC, 3 * SEC + 1, 4 * SEC, 4 * SEC + 1,
+               5 * SEC, 5 * SEC + 1, 7 * SEC, 30 * SEC)
+TRACK_BACK = (-1, -SEC // 2, -SEC, -3 * SEC, -6 * SEC)
+TRACK_EXTERNAL_V4 = ("192.0.2.1", "192.0.2.2", "198.51.100.7")
+TRACK_EXTERNAL_V6 = ("2001:db8:ff::1", "2001:db8:ff::2")
+ICMP4_ERRORS = (3, 3, 3, 11, 11, 4, 5, 12)
+ICMP6_ERRORS = (1, 1, 3, 3, 2, 4)
+
+# rule templates for worlds where tracking matters: asymmetric rules (egress open, ingress
+# narrow), group peers, refusals, every tracked protocol family
+TRACK_RULES = (
+    {"protocol": "tcp", "ports": 80, "cidr": "0.0.0.0/0"},
+    {"protocol": "tcp", "ports": "22-80", "cidr": "10.0.0.0/8"},
+    {"protocol": "tcp", "ports": 443, "cidr": "::/0"},
+    {"protocol": "udp", "ports": 53, "cidr": "0.0.0.0/0"},
+    {"protocol": "udp", "ports": "1024-65535", "cidr": "192.0.2.0/24"},
+    {"protocol": "udp", "cidr": "::/0"},
+    {"protocol": "icmp", "icmp_type": 8, "cidr": "0.0.0.0/0"},
+    {"protocol": "icmp", "icmp_type": 3, "cidr": "0.0.0.0/0"},
+    {"protocol": "icmp", "cidr": "10.0.0.0/8"},
+    {"protocol": "icmpv6", "icmp_type": 128, "cidr": "::/0"},
+    {"protocol": "icmpv6", "cidr": "2001:db8::/32"},
+    {"protocol": 47, "cidr": "0.0.0.0/0"},
+    {"protocol": "all", "cidr": "10.0.0.0/8"},
+    {"protocol": "all", "cidr": "192.0.2.1/32"},
+    {"protocol": "all", "cidr": "::/0"},
+    {"protocol": "all", "group": "sg-t0"},
+    {"protocol": "tcp", "group": "sg-t1"},
+    {"protocol": "udp", "group": "sg-t0"},
+)
+
+
+@st.composite
+def track_world_dicts(draw):
+    """A world where tracking decides a lot: 2-4 groups of template rules (open or narrow
+    egress, narrow ingress), 2-4 running instances with v4, often v6 and public addresses,
+    sometimes a stopped one.  Logging and conntrack settings are added by
+    ``tracking_world_dicts``."""
+    groups = []
+    n_groups = draw(st.integers(2, 4))
+    for k in range(n_groups):
+        ingress = []
+        for _ in range(draw(st.integers(0, 4))):
+            r = dict(draw(st.sampled_from(TRACK_RULES)))
+            r["action"] = draw(st.sampled_from(("allow", "allow", "allow", "deny", "reject")))
+            if draw(st.integers(0, 3)) == 0:
+                r["priority"] = draw(st.sampled_from((1, 2, 1000)))
+            ingress.append(r)
+        g = {"id": f"sg-t{k}", "name": f"track{k}", "ingress": ingress}
+        eg = draw(st.sampled_from(("omit", "omit", "empty", "explicit")))
+        if eg == "empty":
+            g["egress"] = []
+        elif eg == "explicit":
+            g["egress"] = []
+            for _ in range(draw(st.integers(1, 3))):
+                r = dict(draw(st.sampled_from(TRACK_RULES)))
+                r["action"] = draw(st.sampled_from(("allow", "allow", "deny", "reject")))
+                g["egress"].append(r)
+        groups.append(g)
+    instances = []
+    pub = list(V4_PUBLIC)
+    for k in range(draw(st.integers(2, 4))):
+        inst = {"id": f"i-t{k}", "private_ip": f"10.0.0.{k + 1}",
+                "groups": list(draw(st.permutations([g["id"] for g in groups])))
+                [:draw(st.integers(1, min(3, n_groups)))]}
+        if draw(st.integers(0, 2)) > 0:
+            inst["private_ipv6"] = f"2001:db8::{k + 1:x}"
+        if draw(st.integers(0, 2)) == 0:
+            inst["public_ip"] = pub.pop()
+        o = draw(st.sampled_from((None, None) + ORDERS))
+        if o:
+            inst["order"] = o
+        if draw(st.integers(0, 2)) == 0:
+            inst["owner"] = OWNER2
+            inst["groups"] = []          # groups are of the default owner
+        instances.append(inst)
+    if draw(st.integers(0, 3)) == 0:
+        instances.append({"id": "i-stopped", "private_ip": "10.0.0.14", "groups": [],
+                          "state": "stopped"})
+    world = {"version": 1, "region": REGION, "security_groups": groups, "instances": instances}
+    o = draw(st.sampled_from((None,) + ORDERS))
+    if o:
+        world["order"] = o
+    return world
+
+
+def _mark_some_rules_logged(draw, world: dict) -> None:
+    """Set ``log: true`` on a few rules (in place)."""
+    for g in world.get("security_groups", []):
+        for direction in ("ingress", "egress"):
+            for r in g.get(direction) or []:
+                if draw(st.integers(0, 5)) == 0:
+                    r["log"] = True
+
+
+@st.composite
+def tracking_world_dicts(draw, logging=True):
+    """A world dict for stateful tests: ``track_world_dicts``, ``world_dicts`` or
+    ``dense_world_dicts``, with small conntrack timeouts (``TRACK_CONNTRACK``), a tiny
+    capacity most of the time, random logging settings and a few ``log: true`` rules."""
+    kind = draw(st.sampled_from(("track", "track", "track", "random", "dense")))
+    if kind == "track":
+        world = draw(track_world_dicts())
+    elif kind == "random":
+        world = draw(world_dicts(max_instances=5))
+    else:
+        world = draw(dense_world_dicts())
+    conntrack = dict(TRACK_CONNTRACK)
+    conntrack["capacity"] = draw(st.sampled_from(TRACK_CAPACITIES))
+    world["conntrack"] = conntrack
+    if logging:
+        _mark_some_rules_logged(draw, world)
+        world["logging"] = {"drops": draw(st.booleans()), "accepts": draw(st.booleans()),
+                            "aggregation_interval": draw(st.sampled_from((1, 2, 3, 60))),
+                            "max_records": draw(st.sampled_from((0, 1, 2, 3, 5, 8, 1000000)))}
+    return world
+
+
+def _flow_key_ports(pk: dict) -> tuple:
+    """The ports a flow key gives a generated packet (tcp/udp ports, echo id, else 0)."""
+    if pk["proto"] in (6, 17):
+        return pk["sport"], pk["dport"]
+    if (pk["proto"] == 1 and pk["icmp_type"] in (8, 0)) or \
+            (pk["proto"] == 58 and pk["icmp_type"] in (128, 129)):
+        return pk["icmp_id"], pk["icmp_id"]
+    return 0, 0
+
+
+def _blank_packet(src, dst, proto) -> dict:
+    return {"src": src, "dst": dst, "proto": proto, "sport": 0, "dport": 0, "icmp_type": 0,
+            "icmp_code": 0, "icmp_id": 0, "tcp_flags": 0, "frag": 0, "emb_valid": 0,
+            "emb_proto": 0, "emb_src": None, "emb_dst": None, "emb_sport": 0, "emb_dport": 0,
+            "status": 0}
+
+
+def _echo(pk: dict, version: int, reply: bool, ident: int) -> None:
+    pk["icmp_type"] = (0 if reply else 8) if version == 4 else (129 if reply else 128)
+    pk["icmp_id"] = pk["sport"] = pk["dport"] = ident
+
+
+def track_addresses(world) -> dict:
+    """Address pools for stateful traffic: {4: (instances', others), 6: (...)}.  Instance
+    addresses include stopped/terminated ones and a few free private ones (an instance may
+    be launched there by a timeline)."""
+    pools = {4: ([], list(TRACK_EXTERNAL_V4) + V4_PRIVATE[:3]),
+             6: ([], list(TRACK_EXTERNAL_V6) + V6_PRIVATE[:2])}
+    for inst in world.instances.values():
+        for a in inst.addresses():
+            if inst.running:
+                pools[a.version][0].append(str(a))
+            else:
+                pools[a.version][1].append(str(a))
+    for v in (4, 6):
+        pools[v] = (sorted(set(pools[v][0])), sorted(set(pools[v][1]) - set(pools[v][0])))
+    return pools
+
+
+def _new_packet(rnd, pools) -> dict:
+    version = 6 if pools[6][0] and rnd.random() < 0.3 else 4
+    mine, others = pools[version]
+
+    def pick():
+        if mine and rnd.random() < 0.75:
+            return rnd.choice(mine)
+        return rnd.choice(others)
+    src, dst = pick(), pick()
+    if rnd.random() < 0.03 and mine:
+        dst = src                                            # a packet to itself
+    proto = rnd.choice((6, 6, 6, 17, 17, 17, 1, 1, 47, 132))
+    if proto == 1 and version == 6:
+        proto = 58
+    pk = _blank_packet(src, dst, proto)
+    if proto in (6, 17):
+        pk["sport"] = rnd.choice((1024, 40000, 40000, 40001, 53, 80))
+        pk["dport"] = rnd.choice((22, 53, 80, 80, 443, 40000))
+        if proto == 6:
+            pk["tcp_flags"] = rnd.choice((0x02, 0x02, 0x10, 0x18, 0x11, 0x04, 0x14))
+    elif proto in (1, 58):
+        r = rnd.random()
+        if r < 0.7:
+            _echo(pk, version, rnd.random() < 0.2, rnd.choice((1, 2, 7)))
+        elif r < 0.85:
+            pk["icmp_type"] = rnd.choice(ICMP4_ERRORS if proto == 1 else ICMP6_ERRORS)
+            pk["icmp_code"] = rnd.choice((0, 1, 13))     # an error with no usable quote
+        else:
+            pk["icmp_type"] = rnd.choice((13, 14, 17) if proto == 1 else (133, 135, 136))
+    return pk
+
+
+def _reply(rnd, orig: dict) -> dict:
+    pk = dict(orig)
+    pk.update(src=orig["dst"], dst=orig["src"], sport=orig["dport"], dport=orig["sport"],
+              frag=0, emb_valid=0, status=0)
+    if pk["proto"] == 6:
+        pk["tcp_flags"] = rnd.choice((0x12, 0x10, 0x10, 0x18, 0x11, 0x14, 0x04))
+    elif pk["proto"] in (1, 58) and pk["icmp_id"]:
+        version = 4 if pk["proto"] == 1 else 6
+        _echo(pk, version, orig["icmp_type"] in (8, 128), orig["icmp_id"])
+    return pk
+
+
+def _icmp_error(rnd, orig: dict, pools) -> dict:
+    """An ICMP error quoting ``orig`` (or its reply), sent the usual way (orig's
+    destination back to orig's source), the other way, or from/to a third address."""
+    version = 6 if ":" in orig["src"] else 4
+    quoted = orig if rnd.random() < 0.75 else _reply(rnd, orig)
+    r = rnd.random()
+    if r < 0.55:
+        src, dst = quoted["dst"], quoted["src"]
+    elif r < 0.8:
+        src, dst = quoted["src"], quoted["dst"]
+    else:
+        mine, others = pools[version]
+        third = rnd.choice(others + mine)
+        src, dst = (third, quoted["src"]) if rnd.random() < 0.5 else (quoted["dst"], third)
+    pk = _blank_packet(src, dst, 1 if version == 4 else 58)
+    pk["icmp_type"] = rnd.choice(ICMP4_ERRORS if version == 4 else ICMP6_ERRORS)
+    if rnd.random() < 0.05:
+        pk["icmp_type"] = 0 if version == 4 else 129     # not an error: the quote is ignored
+    pk["icmp_code"] = rnd.choice((0, 1, 3, 13))
+    pk["emb_valid"] = 0 if rnd.random() < 0.1 else 1
+    pk["emb_proto"] = quoted["proto"]
+    pk["emb_src"], pk["emb_dst"] = quoted["src"], quoted["dst"]
+    pk["emb_sport"], pk["emb_dport"] = _flow_key_ports(quoted)
+    if quoted["proto"] not in (6, 17, 1, 58) and rnd.random() < 0.2:
+        pk["emb_sport"], pk["emb_dport"] = 7, 9          # ports of a port-less quote: ignored
+    return pk
+
+
+def _naive_guide(world):
+    """A function pk -> verdict of the reference, stateful, packet after packet.  The
+    generator uses it only to answer and quote accepted packets more often (flows that are
+    tracked somewhere); what is right is still decided by comparing engine and reference."""
+    try:
+        from naive import NaivePacket, NaiveState, classify_one
+    except ImportError:                                 # tests/ imported as a package
+        from tests.naive import NaivePacket, NaiveState, classify_one
+    state = NaiveState(stateful=True)
+    ip = ipaddress.ip_address
+
+    def verdict(pk):
+        status = {0: "ip", 1: "non-ip", 2: "malformed"}[pk["status"]]
+        src, dst = ip(pk["src"]), ip(pk["dst"])
+        p = NaivePacket(status=status, ipver=src.version, proto=pk["proto"], src=src, dst=dst,
+                        sport=pk["sport"], dport=pk["dport"], icmp_type=pk["icmp_type"],
+                        icmp_code=pk["icmp_code"], frag=pk["frag"], ts_ns=pk["ts"],
+                        tcp_flags=pk["tcp_flags"], wirelen=pk["wirelen"], icmp_id=pk["icmp_id"],
+                        emb_valid=pk["emb_valid"], emb_proto=pk["emb_proto"],
+                        emb_src=ip(pk["emb_src"]) if pk["emb_valid"] else None,
+                        emb_dst=ip(pk["emb_dst"]) if pk["emb_valid"] else None,
+                        emb_sport=pk["emb_sport"], emb_dport=pk["emb_dport"])
+        return classify_one(world, p, state).verdict
+    return verdict
+
+
+@st.composite
+def tracking_packet_dicts(draw, world, n_min=1, n_max=60, t0=T0_NS):
+    """Packets (dicts of columns, with ``ts`` and ``wirelen``) for stateful tests: new
+    flows, replies (ports and addresses swapped, echo request -> reply), repeats, TCP RSTs,
+    ICMP errors quoting earlier packets in either orientation, non-first fragments, a few
+    non-IP/malformed records; timestamps step around every timeout, sometimes backwards."""
+    # a seeded PRNG, not st.randoms(): hypothesis's randoms favour small values (a third of
+    # random() is below 0.1), which would skew every branch below.  Shrinking n truncates
+    # the same stream of packets, which is how a stateful failure shrinks best anyway.
+    rnd = random.Random(draw(st.integers(0, 2**64 - 1), label="seed"))
+    n = draw(st.integers(n_min, n_max), label="packets")
+    pools = track_addresses(world)
+    if not pools[4][0] and not pools[6][0]:
+        pools[4] = (list(TRACK_EXTERNAL_V4[:1]), pools[4][1])
+    t = t0 + rnd.choice((0, 1, SEC - 1, SEC // 2))
+    guide = _naive_guide(world)
+    out = []
+    ip_packets = []
+    accepted = []           # packets the reference accepted (their flows are tracked)
+    followups = []          # flows quoted by an ICMP error: their next packets come soon
+    urgent = False          # the last packet was such an error: follow it up right now
+    step = None             # a time step chosen with the packet (else drawn below)
+    for _ in range(n):
+        r = rnd.random()
+        if followups and (urgent or r < 0.2):
+            # the quoted flow again, about one timeout after the error: live only if the
+            # error did not refresh it (it must not), or only because it was refreshed
+            orig = followups.pop()
+            urgent = False
+            pk = _reply(rnd, orig) if rnd.random() < 0.6 else dict(orig, frag=0, status=0)
+            timeout = {6: 5, 17: 2, 1: 1, 58: 1}.get(orig["proto"], 3) * SEC
+            step = rnd.choice((timeout, timeout, timeout + 1, 2 * SEC, 4 * SEC))
+        elif not ip_packets or r < 0.45:
+            pk = _new_packet(rnd, pools)
+        else:
+            r = rnd.random()
+            if accepted and r < 0.5:
+                orig = rnd.choice(accepted[-3:] if rnd.random() < 0.7 else accepted)
+            else:
+                orig = rnd.choice(ip_packets[-3:] if r < 0.8 else ip_packets)
+            r = rnd.random()
+            if r < 0.4:
+                pk = _reply(rnd, orig)
+            elif r < 0.55:
+                pk = dict(orig, frag=0, status=0)
+                if pk["proto"] == 6:
+                    pk["tcp_flags"] = rnd.choice((0x10, 0x18, 0x11))
+            elif r < 0.75:
+                if accepted and rnd.random() < 0.6:
+                    orig = rnd.choice(accepted[-2:])        # quote a tracked flow
+                pk = _icmp_error(rnd, orig, pools)
+                if rnd.random() < 0.6:
+                    followups.append(orig)
+                    urgent = rnd.random() < 0.7
+                    step = rnd.choice((SEC // 2, SEC // 10, None))  # soon after the flow
+            elif r < 0.85 and orig["proto"] == 6:
+                pk = _reply(rnd, orig) if rnd.random() < 0.5 else dict(orig, status=0)
+                pk["frag"] = 0
+                pk["tcp_flags"] = rnd.choice((0x04, 0x14))
+            elif r < 0.93:
+                pk = dict(orig, frag=1, tcp_flags=0, icmp_type=0, icmp_code=0, icmp_id=0,
+                          emb_valid=0, status=0)
+                if rnd.random() < 0.7:
+                    pk["sport"] = pk["dport"] = 0           # as a capture gives them
+                if rnd.random() < 0.5:
+                    pk = _reply(rnd, pk)
+                    pk["frag"] = 1
+            else:
+                pk = _new_packet(rnd, pools)
+        if rnd.random() < 0.04:
+            pk = dict(pk, status=rnd.choice((1, 2)))          # non-IP / malformed record
+        if step is not None:
+            t, step = t + step, None
+        elif rnd.random() < 0.1:
+            t = max(0, t + rnd.choice(TRACK_BACK))
+        else:
+            t = t + rnd.choice(TRACK_STEPS)
+        pk["ts"] = t
+        pk["wirelen"] = rnd.choice((40, 60, 64, 100, 576, 1500, 9001))
+        out.append(pk)
+        if pk["status"] == 0:
+            ip_packets.append(pk)
+            if guide(pk) == "ACCEPT" and not pk["frag"]:
+                accepted.append(pk)
+        else:
+            guide(pk)                                          # it advances the clock
+    return out
+
+
+def _halves(addr) -> tuple:
+    if addr is None:
+        return 0, 0
+    v = int(ipaddress.ip_address(addr))
+    return v >> 64, v & 0xFFFFFFFFFFFFFFFF
+
+
+def batch_from_packet_dicts(packets):
+    """Packet dicts (``tracking_packet_dicts``) -> PacketBatch via ``PacketBatch.from_arrays``."""
+    from fastsg import PacketBatch
+    if not packets:
+        return PacketBatch.empty(0)
+    cols = {k: [p[k] for p in packets] for k in packets[0] if k not in ("emb_src", "emb_dst")}
+    src = cols.pop("src")
+    dst = cols.pop("dst")
+    status = np.asarray(cols.pop("status"), dtype=np.uint8)
+    more = {k: np.asarray(v) for k, v in cols.items()
+            if k not in ("proto", "sport", "dport", "ts", "icmp_type", "icmp_code", "tcp_flags",
+                         "frag", "wirelen")}
+    for side in ("src", "dst"):
+        hl = [_halves(p["emb_" + side]) for p in packets]
+        more[f"emb_{side}_hi"] = np.array([h for h, _ in hl], dtype=np.uint64)
+        more[f"emb_{side}_lo"] = np.array([lo for _, lo in hl], dtype=np.uint64)
+    more["status"] = status
+    batch = PacketBatch.from_arrays(
+        src=src, dst=dst, proto=cols["proto"], sport=cols["sport"], dport=cols["dport"],
+        ts=np.asarray(cols["ts"], dtype=np.int64), icmp_type=cols["icmp_type"],
+        icmp_code=cols["icmp_code"], tcp_flags=cols["tcp_flags"], frag=cols["frag"],
+        wirelen=cols["wirelen"], **more)
+    batch.columns["ipver"][status == 1] = 0            # a non-IP frame has no IP version
+    return batch
+
+
+@st.composite
+def tracking_batches(draw, world, n_min=1, n_max=60):
+    return batch_from_packet_dicts(draw(tracking_packet_dicts(world, n_min, n_max)))
+
+
+def _timeline_entry(name, kwargs) -> dict:
+    """A ``mutations`` call as a timeline entry (without ``at``)."""
+    if name == "launch":
+        return {"launch": dict(kwargs["instance_dict"])}
+    if name == "revoke":
+        return {"revoke": {k: kwargs[k] for k in ("group", "direction", "rule_id")}}
+    return {name: dict(kwargs)}
+
+
+def ns_to_at(ns: int) -> str:
+    """Nanoseconds -> an exact ``at`` (a decimal string)."""
+    return f"{ns // SEC}.{ns % SEC:09d}"
+
+
+@st.composite
+def timeline_worlds(draw, n_min=1, n_max=60, max_events=6):
+    """(world dict with a ``timeline``, packet dicts) for replay: the events are World-API
+    mutations (``mutations``) that apply in order, plus 'relaunch' (a new instance on a
+    terminated one's address, which must start with an empty table), at packet times
+    (ties with packets included) or just before/after them."""
+    from fastsg import World, WorldError
+    d = draw(tracking_world_dicts())
+    sim = World.from_dict(d)
+    packets = draw(tracking_packet_dicts(sim, n_min, n_max))
+    stamps = sorted({p["ts"] for p in packets})
+    k = draw(st.integers(0, max_events))
+    times = sorted(draw(st.sampled_from(stamps)) + draw(st.sampled_from((0, 0, -1, 1, -SEC // 2)))
+                   for _ in range(k))
+    timeline = []
+    for t in times:
+        terminated = [i for i in sim.instances.values() if i.state == "terminated"
+                      and i.private_ip is not None]
+        if terminated and draw(st.integers(0, 2)) == 0:
+            old = draw(st.sampled_from(terminated))
+            entry = {"launch": {"id": f"i-re{len(sim.instances):03x}",
+                                "private_ip": str(old.private_ip), "owner": old.owner,
+                                "region": old.region, "groups": list(old.groups)}}
+            if old.public_ip is not None:
+                entry["launch"]["public_ip"] = str(old.public_ip)
+        else:
+            name, kwargs = draw(mutations(sim))
+            entry = _timeline_entry(name, kwargs)
+        try:
+            kind = next(iter(entry))
+            if kind == "launch":
+                sim.launch(entry["launch"])
+            else:
+                getattr(sim, kind)(**entry[kind])
+        except WorldError:
+            continue
+        timeline.append({"at": ns_to_at(max(0, t)), **entry})
+    d = dict(d, timeline=timeline)
+    return d, packets

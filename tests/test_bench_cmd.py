@@ -31,12 +31,14 @@ def test_bench_tiny_run_writes_json_and_plot(tmp_path):
     result = _invoke(TINY + [f"--scenario={s}" for s in LOCAL] + ["--json", str(out), "--plot", str(png)])
     assert result.stdout == ""                       # human output is on stderr only
     assert "rules: fastsg vs rule count" in result.stderr
-    assert "pending" in result.stderr
+    assert "state: stateless vs stateful" in result.stderr
+    assert "live flows at one instance" in result.stderr
+    assert "logging: flow log cost" in result.stderr
+    assert "pending" not in result.stderr
     data = json.loads(out.read_text())
     assert {"cpu_model", "cores", "python", "numpy", "numba"} <= set(data["machine"])
     status = {s["name"]: s["status"] for s in data["scenarios"]}
-    assert status == {"rules": "ok", "order": "ok", "updates": "ok", "capture": "ok",
-                      "logging": "pending", "state": "pending"}
+    assert status == {name: "ok" for name in LOCAL}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _check_measurements(data["measurements"])
 
@@ -46,9 +48,8 @@ def _check_measurements(ms):
     for m in ms:
         assert {"scenario", "engine", "metric", "params", "median_s", "min_s", "max_s",
                 "ratio_to_baseline", "threads", "rules", "status"} <= set(m)
-        if m["status"] == "pending":
-            assert m["median_s"] is None and m["scenario"] in ("logging", "state")
-            continue
+        if m["scenario"] in ("logging", "state"):
+            assert m["status"] == "ok"
         if m["status"] != "ok":
             continue
         assert m["min_s"] <= m["median_s"] <= m["max_s"]
@@ -66,12 +67,66 @@ def _check_measurements(ms):
     assert checked and all(m["extra"]["verified_same_verdicts"] for m in checked)
     kinds = {m["metric"] for m in ms if m["scenario"] == "updates"}
     assert kinds == {"full-compile", *B.UPDATE_KINDS}
+    _check_state(ms)
+    _check_logging(ms)
+
+
+def _check_state(ms):
+    """Stateless and stateful on the same packets per thread count, the cost ratio, 1 = 2
+    threads verified; the live table: insert pass, steady state with every flow kept."""
+    state = [m for m in ms if m["scenario"] == "state"]
+    cls = [m for m in state if m["metric"] == "classify"]
+    assert {(m["params"]["mode"], m["threads"]) for m in cls} >= {("stateless", 1), ("stateful", 1)}
+    assert {m["params"]["world"]["rules"] for m in cls} == {300}     # the largest --rules size
+    for m in (x for x in cls if x["params"]["mode"] == "stateful"):
+        sl = next(x for x in cls if x["params"]["mode"] == "stateless" and x["threads"] == m["threads"])
+        assert m["packets"] == sl["packets"] == 3000
+        assert m["extra"]["cost_ratio"] == pytest.approx(m["median_s"] / sl["median_s"])
+        assert m["ratio_to_baseline"]["stateless"] == pytest.approx(1 / m["extra"]["cost_ratio"])
+        assert m["extra"]["verified_same_verdicts"] is True
+        assert 1 in m["extra"]["verified_threads"]
+        assert m["extra"]["meets_target"] is None                  # 300 rules: not judged
+        assert m["extra"]["tracking"]["flows"] > 0
+    (ins,) = [m for m in state if m["metric"] == "live-insert"]
+    flows = ins["params"]["flows"]
+    assert ins["params"]["scaled_down"] and ins["extra"]["all_inserted"]
+    assert ins["packets"] == flows and ins["extra"]["verdicts"]["ACCEPT"] == flows
+    live = {m["params"]["mode"]: m for m in state if m["metric"] == "live-classify"}
+    assert set(live) == {"stateful", "stateless"}
+    sf = live["stateful"]
+    assert sf["threads"] == 1 and sf["extra"]["accepted_by_conntrack"] == 1.0
+    assert sf["extra"]["tracking"]["flows"] == sf["extra"]["tracking"]["live_flows"] == flows
+    assert sf["extra"]["table_unchanged"] and 0 < sf["extra"]["bytes_per_flow"] < 1000
+    assert sf["extra"]["meets_mpps_target"] is None                 # scaled down: not judged
+
+
+def _check_logging(ms):
+    """Off and on per drop share and mode, on the same packets; records produced only on."""
+    log = [m for m in ms if m["scenario"] == "logging"]
+    cells = {(m["params"]["drop_share"], m["params"]["mode"], m["params"]["flow_log"]): m for m in log}
+    assert set(cells) == {(d, mode, f) for d in B.LOG_DROP_SHARES for mode in B.LOG_MODES
+                          for f in ("off", "new-log", "kept-log")}
+    for (drop, mode, flog), m in cells.items():
+        assert m["threads"] == 1 and m["packets"] == 3000
+        if flog == "off":
+            continue
+        off = cells[drop, mode, "off"]
+        assert m["extra"]["verified_same_verdicts"] is True
+        assert m["extra"]["cost_ratio"] == pytest.approx(m["median_s"] / off["median_s"])
+        assert m["extra"]["records"] > 0 and m["extra"]["logged_events"] > 0
+        judged = drop == B.LOG_TARGET_DROPS and flog == "kept-log"
+        assert ("meets_target" in m["extra"]) == judged
+    # drops are logged (the world default): 50% drops log far more events than 1%
+    for mode in B.LOG_MODES:
+        assert (cells[0.5, mode, "new-log"]["extra"]["logged_events"]
+                > 5 * cells[0.01, mode, "new-log"]["extra"]["logged_events"])
 
 
 def test_bench_json_to_stdout_is_machine_output():
-    result = _invoke(["--quick", "--scenario", "logging", "--scenario", "state", "--json", "-"])
+    result = _invoke(TINY + ["--scenario", "logging", "--scenario", "state", "--json", "-"])
     data = json.loads(result.stdout)
-    assert [s["status"] for s in data["scenarios"]] == ["pending", "pending"]
+    assert [s["status"] for s in data["scenarios"]] == ["ok", "ok"]
+    assert {m["scenario"] for m in data["measurements"]} == {"logging", "state"}
 
 
 def test_bench_is_registered_in_the_cli():
@@ -90,8 +145,10 @@ def test_parse_sizes_and_plans():
     assert full.rule_sizes == (100, 1000, 10_000, 100_000)       # the 100k point is in the default
     assert full.update_sizes == (1000, 10_000, 100_000)
     assert full.scenarios == B.SCENARIOS
+    assert full.state_rules == full.logging_rules == 10_000 and full.live_flows == 1_000_000
     quick = B.make_plan(B.Settings(quick=True))
     assert quick.rule_sizes == (100, 1000) and quick.update_sizes == (1000,)
+    assert quick.state_rules == 1000 and quick.live_flows == 50_000
     with pytest.raises(ValueError):
         B.make_plan(B.Settings(scenarios=("nope",)))
 
@@ -120,7 +177,7 @@ def test_classbench_rules_are_well_formed():
 def _peer_inputs(tmp_path, rules):
     world = World.from_dict(B.single_instance_world(rules, seed=5))
     batch = B._peer_traffic(world, 3000, seed=5)
-    verdicts = Engine(world).classify(batch).verdict
+    verdicts = Engine(world, stateful=False, flow_log=False).classify(batch).verdict
     return world, batch, verdicts
 
 
@@ -149,6 +206,44 @@ def test_dpdk_acl_picks_the_same_rule_per_packet(tmp_path):
            "--", f"--rulesf={tmp_path / 'r'}", f"--tracef={tmp_path / 't'}",
            f"--rulenum={len(rules) + 1}", f"--tracenum={len(batch)}"]
     theirs = B._dpdk_results(cmd, len(batch))
-    same, ours, matched = B._compare_acl(Engine(world).classify(batch), world, theirs)
+    same, ours, matched = B._compare_acl(Engine(world, stateful=False, flow_log=False).classify(batch), world, theirs)
     assert same and ours == matched and 0 < matched < len(batch)
     assert np.all(theirs < len(rules))
+
+
+def test_live_table_inputs_open_distinct_flows_that_stay_live():
+    world = World.from_dict(B.live_table_world(2000, seed=1))
+    insert, steady = B.live_flow_batches(world, 2000, 1500, seed=2)
+    keys = set(zip(insert.src_lo.tolist(), insert.sport.tolist()))
+    assert len(keys) == 2000 and len(steady) == 1500
+    assert np.all(np.diff(insert.ts) > 0) and steady.ts.min() > insert.ts.max()
+    engine = Engine(world, stateful=True, flow_log=False)
+    assert (engine.classify(insert).verdict == Verdict.ACCEPT).all()
+    assert engine.tracking_stats()["flows"] == 2000
+    result = engine.classify(steady)
+    ct = result.rule_names.index("conntrack")
+    assert np.all((result.egress_rule == ct) | (result.ingress_rule == ct))
+    assert engine.tracking_stats()["flows"] == 2000
+    # the rules admit both directions too: the stateless baseline reaches the same verdicts
+    stateless = Engine(world, stateful=False, flow_log=False).classify(steady)
+    assert (stateless.verdict == Verdict.ACCEPT).all()
+    assert not np.any((stateless.egress_rule == ct) | (stateless.ingress_rule == ct))
+
+
+def test_fresh_stream_repeats_the_same_work():
+    case = B.build_case(60, seed=4)
+    batch, details = B.feature_traffic(case.world, 2000, 1, stateful=True, drop_share=0.3)
+    assert details["flows"] > 0
+    engine = Engine(case.world, stateful=True, flow_log=None)
+    first = B.fresh_stream(engine, batch)
+    records = len(engine.flow_log)
+    again = B.fresh_stream(engine, batch, threads=2)
+    assert B.same_results(first, again) and len(engine.flow_log) == records > 0
+    # a kept log: the second call's events aggregate into the records of the first
+    from fastsg.flowlog import FlowLog
+    kept = FlowLog(case.world)
+    B.fresh_stream(engine, batch, log=kept)
+    events = kept.logged_events
+    B.fresh_stream(engine, batch, log=kept)
+    assert engine.flow_log is kept and len(kept) == records
+    assert kept.logged_events == 2 * events > 0

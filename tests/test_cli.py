@@ -122,12 +122,14 @@ def test_replay_human_summary_on_stderr(generated):
     assert said(r, "Verdicts", "4,000 packets")
 
 
-def test_replay_without_stateless_explains(generated):
+def test_replay_is_stateful_by_default(generated):
     w, c = generated
+    r = run("replay", c, "--world", w, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["stateful"] is True and doc["packets"] == 2000 == sum(doc["verdicts"].values())
     r = run("replay", c, "--world", w)
-    assert r.exit_code == 2
-    assert said(r, "not yet available", "pass --stateless")
-    assert "Traceback" not in r.output
+    assert r.exit_code == 0 and said(r, "stateful")
 
 
 def test_replay_missing_capture(generated, tmp_path):

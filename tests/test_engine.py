@@ -39,7 +39,7 @@ def _tuples(engine, batch):
 
 def test_instances_sharing_a_group_list_share_one_policy():
     w = World.from_dict(generate_world(2000, 50, 10_000, seed=3, roles=50))
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     distinct = {(tuple(i.groups), w.instance_order(i)) for i in w.instances.values() if i.running}
     assert engine.compiled.policies == len(distinct)
     assert engine.compiled.policies <= 60
@@ -47,7 +47,7 @@ def test_instances_sharing_a_group_list_share_one_policy():
 
 def test_rule_change_recompiles_only_policies_holding_the_group():
     w = _world()
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     before = engine._compiler.policies_compiled
     w.authorize("sg-1", "ingress", {"protocol": "udp", "ports": 53, "cidr": "10.0.0.0/8"})
     engine.refresh()
@@ -56,7 +56,7 @@ def test_rule_change_recompiles_only_policies_holding_the_group():
 
 def test_launch_and_terminate_recompile_nothing_when_the_group_list_exists():
     w = _world()
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     before = engine._compiler.policies_compiled
     w.launch({"id": "i-new", "private_ip": "10.0.9.9", "groups": ["sg-0"]})
     engine.refresh()
@@ -67,7 +67,7 @@ def test_launch_and_terminate_recompile_nothing_when_the_group_list_exists():
 
 def test_attach_compiles_only_the_new_group_list():
     w = _world()
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     before = engine._compiler.policies_compiled
     w.attach("i-0-0", "sg-2")
     engine.refresh()
@@ -76,7 +76,7 @@ def test_attach_compiles_only_the_new_group_list():
 
 def test_mutation_visible_to_the_next_classify():
     w = _world()
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     batch = PacketBatch.from_arrays(src=["192.0.2.1"], dst=["10.0.0.1"], proto=[17], dport=[53])
     assert engine.classify(batch).row(0)[0] == "DROP"
     rule = w.authorize("sg-0", "ingress", {"protocol": "udp", "ports": 53, "cidr": "192.0.2.0/24"})
@@ -89,7 +89,7 @@ def test_classify_during_mutations_sees_old_or_new_world_never_a_mix():
     """Authorize/revoke flip-flop in one thread while another classifies: every batch is
     entirely the verdicts of one of the two worlds."""
     w = _world(n_roles=4, instances_per_role=8)
-    engine = Engine(w, threads=2)
+    engine = Engine(w, stateful=False, threads=2)
     dsts = [f"10.0.{r}.{j + 1}" for r in range(4) for j in range(8)] * 500
     batch = PacketBatch.from_arrays(src=["198.51.100.1"] * len(dsts), dst=dsts, proto=[6] * len(dsts),
                                     dport=[443] * len(dsts))
@@ -130,12 +130,12 @@ def test_flow_cache_and_threads_change_nothing(data):
     expected = [r.as_tuple() for r in naive_classify(world, packets_from_batch(batch))]
     for kwargs in ({"flow_cache": False, "threads": 1}, {"flow_cache": True, "threads": 1},
                    {"flow_cache": True, "threads": 2}):
-        assert _tuples(Engine(world, **kwargs), batch) == expected, kwargs
+        assert _tuples(Engine(world, stateful=False, **kwargs), batch) == expected, kwargs
 
 
 def test_linear_baseline_decides_like_the_engine():
     w = World.from_dict(generate_world(500, 20, 100, deny_share=0.2, seed=5))
-    engine = Engine(w)
+    engine = Engine(w, stateful=False)
     batch = generate_traffic(w, 5000, stateful=False, seed=6)
     res = engine.classify(batch)
     tables = build_linear(engine._compiler)
@@ -147,9 +147,10 @@ def test_linear_baseline_decides_like_the_engine():
         assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
 
 
-def test_stateful_engine_not_available_yet():
-    with pytest.raises(NotImplementedError, match="stateful"):
-        Engine(_world(), stateful=True)
+def test_engine_is_stateful_by_default():
+    engine = Engine(_world())
+    assert engine.stateful and engine.tracker is not None
+    assert Engine(_world(), stateful=False).tracker is None
 
 
 def test_classify_rejects_non_batches():
@@ -161,7 +162,7 @@ def test_result_counts_add_up():
     w = _world()
     batch = PacketBatch.from_arrays(src=["10.0.0.1", "1.2.3.4", "1.2.3.4"], dst=["10.0.1.1", "10.0.0.2", "5.6.7.8"],
                                     proto=[6, 6, 6], dport=[22, 80, 80])
-    res = Engine(w).classify(batch)
+    res = Engine(w, stateful=False).classify(batch)
     counts = res.counts()
     assert sum(counts.values()) == len(batch)
     assert counts["UNMANAGED"] == 1
@@ -210,5 +211,5 @@ def test_from_scapy_reads_headers_and_marks_non_ip():
     assert b.emb_valid[4] == 1 and b.emb_proto[4] == 17 and b.emb_dport[4] == 53 and b.emb_sport[4] == 40000
     assert b.icmp_id[5] == 77 and b.sport[5] == 77 and b.dport[5] == 77
     assert b.ts[3] == (1700000000 + 3) * 10**9
-    res = Engine(_world()).classify(b)
+    res = Engine(_world(), stateful=False).classify(b)
     assert Verdict(int(res.verdict[3])) is Verdict.UNMANAGED

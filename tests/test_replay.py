@@ -1,7 +1,8 @@
 """``fastsg.replay``: verdict CSV, split captures, summary tallies and the timeline, checked
 against the reference (``naive.py``) on generated traffic and on the sample captures.
 
-Stateless mode only: stateful tracking (section 4) is not implemented yet.
+Stateless mode here (the reference's stateless classifier); stateful replays, flow logs,
+rule counters and REJECT answers: test_replay_flowlog.py.
 """
 from __future__ import annotations
 
@@ -188,16 +189,16 @@ def check_tallies(summary, events, batch):
     got = {i: {d: {v: n for v, n in c.items() if n} for d, c in dirs.items()}
            for i, dirs in summary.instances.items()}
     assert got == {i: {d: dict(c) for d, c in dirs.items()} for i, dirs in inst.items()}
-    assert {k: [v["packets"], v["bytes"]] for k, v in summary.rules.items() if v["packets"]} \
-        == dict(rules)
-    assert "default" in summary.rules and "conntrack" in summary.rules
+    assert {k: [v["packets"], v["bytes"]] for k, v in summary.rule_counters.items()
+            if v["packets"]} == dict(rules)
+    assert "default" in summary.rule_counters and "conntrack" in summary.rule_counters
 
 
 def test_json_document(gen, tmp_path):
     world, path, _ = gen
     doc = R.replay(world, [path], stateful=False).to_dict()
-    for key in ("packets", "verdicts", "captures", "instances", "rules", "elapsed_seconds",
-                "packets_per_second"):
+    for key in ("packets", "verdicts", "captures", "instances", "rule_counters",
+                "elapsed_seconds", "packets_per_second"):
         assert key in doc
     cap = doc["captures"][0]
     assert {"path", "records", "truncated", "clamped_timestamps"} <= set(cap)
@@ -250,7 +251,7 @@ def test_chunking_gives_identical_output(gen, tmp_path):
         chunked, _ = replay_one(world, cap, tmp_path, "chunked", chunk_packets=chunk)
         assert (tmp_path / "whole.csv").read_bytes() == (tmp_path / "chunked.csv").read_bytes()
         a, b = whole.to_dict(), chunked.to_dict()
-        for key in ("packets", "verdicts", "instances", "rules", "captures"):
+        for key in ("packets", "verdicts", "instances", "rule_counters", "captures"):
             assert a[key] == b[key], key
 
 
@@ -422,10 +423,11 @@ def test_missing_and_non_capture_files(gen, tmp_path):
         R.replay(world, [text], stateful=False)
 
 
-def test_stateful_not_available(gen):
+def test_stateful_is_the_default(gen):
     world, path, _ = gen
-    with pytest.raises(R.ReplayError, match="not yet available.*--stateless"):
-        R.replay(world, [path])
+    summary = R.replay(world, [path])
+    assert summary.stateful and summary.to_dict()["stateful"] is True
+    assert sum(summary.verdicts.values()) == summary.packets == 3000
 
 
 def test_truncated_capture_warns_and_counts(gen, tmp_path):

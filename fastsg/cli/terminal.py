@@ -66,3 +66,20 @@ def progress(description: str, total: float | None, enabled: bool = True):
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda amount=1: bar.advance(task, amount)
+
+
+def counts_table(title: str, columns: Sequence[str], rows: Iterable[Sequence],
+                 total: Sequence | None = None) -> None:
+    """A rich table of counts on stderr: the first column left-aligned, the others right-
+    aligned, numbers with thousands separators, and an optional ``total`` footer row."""
+    t = Table(title=title, title_justify="left", show_footer=total is not None)
+    for i, c in enumerate(columns):
+        footer = "" if total is None else _count(total[i])
+        t.add_column(c, justify="left" if i == 0 else "right", footer=footer)
+    for r in rows:
+        t.add_row(*[_count(x) for x in r])
+    err.print(t)
+
+
+def _count(x) -> str:
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else str(x)

@@ -29,6 +29,8 @@ class CompiledWorld:
 
     kernel: the KernelTables the kernels read.  rule_names: deciding-rule names by global
     index (the reasons first, then rule ids).  instance_ids: instance id by index.
+    inst_addr: (hi uint64[n, 3], lo uint64[n, 3], ver uint8[n, 3]) every instance's
+    private_ip, private_ipv6 and public_ip (ver 0: none), for connection tracking.
     """
     kernel: KernelTables
     rule_names: tuple
@@ -37,6 +39,7 @@ class CompiledWorld:
     policies: int
     rules: int
     nbytes: int
+    inst_addr: tuple = ()
 
 
 class _Registry:
@@ -197,7 +200,9 @@ class Compiler:
         n_rules = sum(len(g.ingress) + len(g.egress) for g in self.world.groups.values())
         return CompiledWorld(kernel=kernel, rule_names=tuple(self.rules.names),
                              instance_ids=tuple(self.instances.names), revision=self.world.revision,
-                             policies=len(policy_of_key), rules=n_rules, nbytes=nbytes)
+                             policies=len(policy_of_key), rules=n_rules, nbytes=nbytes,
+                             inst_addr=(rows.addr_hi[:n].copy(), rows.addr_lo[:n].copy(),
+                                        rows.addr_ver[:n].copy()))
 
     def _instance_arrays(self, inst_policy) -> dict:
         rows = self.rows

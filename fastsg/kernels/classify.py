@@ -33,15 +33,25 @@ _MASK30 = np.uint64((1 << 30) - 1)
 
 
 @njit(parallel=True)
-def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingress_rule):
+def _classify_rules(t, p, cache_bits, nthreads, both, verdict, egress_rule, ingress_rule,
+                    src_val, dst_val):
     """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
-    flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.  Fills verdict uint8[n], egress_rule int32[n]
-    and ingress_rule int32[n] (-1 where the check did not happen).
+    flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.
+    Fills egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not
+    happen), src_val and dst_val int32[n] (address-map value of the source/destination:
+    instance * 2 + is_public, -1 when no running instance owns it or the packet is not IP)
+    and verdict uint8[n]:
+
+    * both == 0 (stateless): the packet's verdict (spec section 2);
+    * both == 1 (rules half of stateful tracking): the ingress check is made even when the
+      egress check refused, and verdict packs the rules' verdict of each check,
+      ``egress | ingress << 2`` with 3 meaning "no check" (0 ACCEPT, 1 DROP, 2 REJECT);
+      status is left for the tracking kernel to read from the packet columns.
 
     Flow cache: without tracking, an IPv4 packet's outcome is a function of (source,
     destination, protocol, port key) and the immutable tables, so each thread keeps a small
-    direct-mapped cache of recent outcomes (3 uint64 per entry: addresses, protocol and key,
-    packed outcome).  Traffic with flow locality then mostly costs one probe.
+    direct-mapped cache of recent outcomes (4 uint64 per entry: addresses, protocol and key,
+    packed outcome, instance values).  Traffic with flow locality then mostly costs one probe.
     """
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off
     shift4, shift6 = t.addr4_shift, t.addr6_shift
@@ -63,13 +73,15 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
     nblocks = max(1, min(nthreads, (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS))
     cache_shift = np.uint64(64 - cache_bits)
     for b in prange(nblocks):
-        cache = np.zeros(3 << cache_bits, np.uint64)
+        cache = np.zeros(4 << cache_bits, np.uint64)
         for i in range(b * n // nblocks, (b + 1) * n // nblocks):
             st = status[i]
             if st != STATUS_IP:
                 verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
                 egress_rule[i] = -1
                 ingress_rule[i] = -1
+                src_val[i] = -1
+                dst_val[i] = -1
                 continue
             ver = ipver[i]
             key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
@@ -79,12 +91,15 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
             if ver == 4 and cache_bits > 0:
                 k1 = (src_lo[i] << np.uint64(32)) | dst_lo[i]
                 k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[i]) << np.uint64(20)) | np.uint64(key)
-                slot3 = 3 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
+                slot3 = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
                 if cache[slot3] == k1 and cache[slot3 + 1] == k2:
                     packed = cache[slot3 + 2]
                     verdict[i] = np.uint8(packed & np.uint64(15))
                     egress_rule[i] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
                     ingress_rule[i] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+                    vals = cache[slot3 + 3]
+                    src_val[i] = np.int32(np.int64(vals & _LOW32) - 1)
+                    dst_val[i] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
                     continue
             # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
             s_val = -1
@@ -113,6 +128,8 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
             v = UNMANAGED
             eg = -1
             ig = -1
+            ev = 3
+            iv = 3
             if s_val >= 0 or d_val >= 0:
                 v = ACCEPT
                 # -- 3. egress check (side 0) then ingress check (side 1)
@@ -126,7 +143,7 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
                         peer_lo = dst_lo[i]
                         peer_val = d_val
                     else:
-                        if d_val < 0 or v != ACCEPT:
+                        if d_val < 0 or (v != ACCEPT and both == 0):
                             continue
                         inst = d_val >> 1
                         direction = 0
@@ -243,9 +260,15 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
                         rule = I[rrec + T.RANK_RULE]
                     if side == 0:
                         eg = rule
+                        ev = v
                     else:
                         ig = rule
+                        iv = v
+            if both != 0:
+                v = ev | (iv << 2)
             verdict[i] = v
+            src_val[i] = np.int32(s_val)
+            dst_val[i] = np.int32(d_val)
             egress_rule[i] = eg
             ingress_rule[i] = ig
             if slot3 >= 0:
@@ -253,3 +276,4 @@ def _classify_stateless(t, p, cache_bits, nthreads, verdict, egress_rule, ingres
                 cache[slot3 + 1] = k2
                 cache[slot3 + 2] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
                                     | (np.uint64(ig + 1) << np.uint64(34)))
+                cache[slot3 + 3] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))

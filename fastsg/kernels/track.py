@@ -1,0 +1,502 @@
+"""Connection tracking (spec section 4): the sequential half of stateful classification.
+
+Private kernels; ``fastsg.tracking.Tracker`` owns the tables and dispatches.  The rules
+half runs first, in parallel, with ``_classify_rules(both=1)`` (each check's rules verdict
+and deciding rule, whatever the other check said); ``_track`` then walks the packets in
+capture order and applies the tables: own flow, RELATED, rules, insert, capacity.
+
+Tables.  Instances are spread over ``NPART`` partitions (instance index mod ``NPART``);
+each partition is one open-addressing hash table (linear probing, tombstones) holding the
+flows of its instances, 4 uint64 words per slot, in one arena ``slots`` (uint64[total, 4]):
+
+    word 0, 1: peer address (hi, lo)
+    word 2:    bit 63 occupied, bit 62 tombstone, bit 61 stream (udp), bit 60 inbound
+               (the inserting packet came in to the instance); the key: bits 58-59 which
+               address of the instance (0 private v4, 1 private v6, 2 public v4), bits
+               50-57 protocol, bits 34-49 instance-side port, bits 18-33 peer port, bits
+               0-17 the instance index divided by NPART (the partition holds the rest)
+    word 3:    last packet time (int64 ns, as uint64)
+
+An empty slot is all zeros.  Parallelism: two partitions are *linked* when a packet
+meets checks in both; linked partitions form components, components are dealt to threads
+and each thread walks its packets in capture order.  Every table is touched by one thread
+only, in capture order, so the result is exactly the sequential one.
+
+The clock is the latest timestamp seen so far (``clock[i]`` is the running maximum), so an
+expired flow stays expired and may be purged.  A partition that would exceed 3/4 load
+stops its thread before the packet (``stop_part``); the wrapper grows it and resumes.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ..config import njit
+from ..schema import STATUS_IP, STATUS_NON_IP, TCP_RST
+from .prefetch import prefetch
+from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED
+
+NPART = 64
+PREFETCH = 8                       # packets of lookahead for the table loads
+PART_SHIFT = 6                     # log2(NPART)
+
+RULE_CONNTRACK = 1
+RULE_RELATED = 2
+RULE_FULL = 3
+
+OCC = np.uint64(1 << 63)
+TOMB = np.uint64(1 << 62)
+STREAM = np.uint64(1 << 61)
+INBOUND = np.uint64(1 << 60)
+KEY_MASK = np.uint64((1 << 60) - 1)     # the key bits of word 2 (no state bits)
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_MUL2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+# timeouts (ns) by index: tcp, udp, udp stream, icmp, other
+T_TCP, T_UDP, T_UDP_STREAM, T_ICMP, T_OTHER = 0, 1, 2, 3, 4
+
+
+@njit(inline=True)
+def key_word(inst, xsel, proto, xport, pport):
+    """Word 2's key bits: instance // NPART (18 bits), address selector, protocol, ports."""
+    return (np.uint64(xsel) << np.uint64(58)) | (np.uint64(proto) << np.uint64(50)) \
+        | (np.uint64(xport) << np.uint64(34)) | (np.uint64(pport) << np.uint64(18)) \
+        | np.uint64(inst >> PART_SHIFT)
+
+
+@njit(inline=True)
+def slot_hash(hi, lo, kw):
+    h = (hi * _MUL2) ^ lo
+    h = (h ^ (kw * _MUL2)) * _MUL
+    return h ^ (h >> np.uint64(29))
+
+
+@njit(inline=True)
+def flow_ports(proto, itype, sport, dport):
+    """(port-like values of the key) for a protocol: tcp/udp ports, icmp echo id, else 0."""
+    if proto == 6 or proto == 17:
+        return sport, dport
+    if proto == 1:
+        if itype == 8 or itype == 0:
+            return sport, dport
+        return 0, 0
+    if proto == 58:
+        if itype == 128 or itype == 129:
+            return sport, dport
+        return 0, 0
+    return 0, 0
+
+
+@njit(inline=True)
+def is_icmp_error(proto, itype):
+    if proto == 1:
+        return itype == 3 or itype == 4 or itype == 5 or itype == 11 or itype == 12
+    if proto == 58:
+        return itype >= 1 and itype <= 4
+    return False
+
+
+@njit(inline=True)
+def timeout_of(proto, w2, timeouts):
+    if proto == 6:
+        return timeouts[T_TCP]
+    if proto == 17:
+        if w2 & STREAM:
+            return timeouts[T_UDP_STREAM]
+        return timeouts[T_UDP]
+    if proto == 1 or proto == 58:
+        return timeouts[T_ICMP]
+    return timeouts[T_OTHER]
+
+
+@njit(inline=True)
+def entry_proto(w2):
+    return np.int64((w2 >> np.uint64(50)) & np.uint64(0xFF))
+
+
+@njit(inline=True)
+def entry_inst(w2, part):
+    return (np.int64(w2 & np.uint64(0x3FFFF)) << PART_SHIFT) | part
+
+
+@njit(inline=True)
+def _find(slots, base, size, hi, lo, kw):
+    """Slot index (absolute) of the key, or -1.  Probes past tombstones."""
+    h = np.int64(((slot_hash(hi, lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+    for _ in range(size):
+        w2 = slots[base + h, 2]
+        if w2 == 0:
+            return -1
+        if (w2 & OCC) and (w2 & KEY_MASK) == kw and slots[base + h, 1] == lo and slots[base + h, 0] == hi:
+            return base + h
+        h += 1
+        if h == size:
+            h = 0
+    return -1
+
+
+@njit(inline=True)
+def _free_slot(slots, base, size, hi, lo, kw):
+    """Where a new key goes: the first tombstone or empty slot on its probe path."""
+    h = np.int64(((slot_hash(hi, lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+    for _ in range(size):
+        w2 = slots[base + h, 2]
+        if (w2 & OCC) == 0:
+            return base + h
+        h += 1
+        if h == size:
+            h = 0
+    return -1
+
+
+@njit(inline=True)
+def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, peer_lo):
+    """Prefetch the home slot of a check's own flow (``flat``: the arena as uint64[4 * total]);
+    issued PREFETCH packets ahead, the cache misses overlap the work on earlier packets."""
+    inst = val >> 1
+    part = inst & (NPART - 1)
+    size = part_size[part]
+    if size > 0:
+        xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
+        kw = key_word(inst, xsel, proto, xport, pport)
+        h = np.int64(((slot_hash(peer_hi, peer_lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+        prefetch(flat, 4 * (part_base[part] + h))
+
+
+@njit()
+def _sweep(slots, base, size, inst, part, now, timeouts, stored):
+    """Purge the instance's expired flows (tombstones); returns the least expiry left."""
+    least = np.int64(0x7FFFFFFFFFFFFFFF)
+    for s in range(base, base + size):
+        w2 = slots[s, 2]
+        if (w2 & OCC) == 0 or entry_inst(w2, part) != inst:
+            continue
+        exp = np.int64(slots[s, 3]) + timeout_of(entry_proto(w2), w2, timeouts)
+        if exp < now:
+            slots[s, 2] = TOMB
+            stored[inst] -= 1
+        elif exp < least:
+            least = exp
+    return least
+
+
+@njit(parallel=True)
+def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order, shard_start,
+           pos, stop_part, slots, part_base, part_size, part_used, stored, next_exp, capacity,
+           timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver, verdict, flat):
+    """Apply the tracking tables to packets whose rules half is done.
+
+    p: PacketColumns (n); rules_v uint8[n] packed per-check rules verdicts (see
+    ``_classify_rules``, both=1); egress_rule/ingress_rule int32[n]: the rules' deciding
+    rules on entry, the final ones on exit; src_val/dst_val int32[n] address-map values;
+    clock int64[n] the tracking clock per packet; order int64[n] packet indexes grouped by
+    shard (capture order within a shard), shard s owning order[shard_start[s]:shard_start[s+1]];
+    pos int64[nshards] where each shard resumes (in/out: shard_start[s+1] when done);
+    stop_part int64[nshards] out: the partition a stopped shard needs grown, -1 if none.
+    Tables: slots uint64[total, 4], part_base/part_size/part_used int64[NPART], stored
+    int64[n_inst], next_exp int64[n_inst]; capacity int64; timeouts int64[5] ns.
+    inst_addr_*: [n_inst, 3] the instances' addresses (private v4, v6, public; ver 0 none).
+    verdict uint8[n] out; flat: ``slots`` as one flat uint64 array (for prefetching).
+
+    A check at instance X (egress at the source's instance, then, if that accepted,
+    ingress at the destination's), written in the loop body (no per-check calls):
+    fragment -> the rules; own flow live -> ACCEPT by conntrack (refresh, udp stream, RST
+    removal); ICMP error quoting a live flow of X (either orientation) -> ACCEPT by
+    conntrack-related; else the rules, and a rules ACCEPT inserts the flow unless X holds
+    ``capacity`` live flows (DROP by conntrack-full).
+    """
+    nshards = len(pos)
+    for sh in prange(nshards):
+        stop_part[sh] = -1
+        k = pos[sh]
+        end = shard_start[sh + 1]
+        while k < end:
+            i = order[k]
+            if k + PREFETCH < end:
+                j = order[k + PREFETCH]
+                if p.status[j] == STATUS_IP and p.frag[j] == 0:
+                    jp = np.int64(p.proto[j])
+                    jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j])
+                    if src_val[j] >= 0:
+                        _touch(flat, part_base, part_size, np.int64(src_val[j]),
+                                       p.ipver[j], jp, jsp, jdp, p.dst_hi[j], p.dst_lo[j])
+                    if dst_val[j] >= 0:
+                        _touch(flat, part_base, part_size, np.int64(dst_val[j]),
+                                       p.ipver[j], jp, jdp, jsp, p.src_hi[j], p.src_lo[j])
+            st = p.status[i]
+            if st != STATUS_IP:
+                verdict[i] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
+                k += 1
+                continue
+            sv = np.int64(src_val[i])
+            dv = np.int64(dst_val[i])
+            if sv < 0 and dv < 0:
+                verdict[i] = UNMANAGED
+                k += 1
+                continue
+            frag = p.frag[i]
+            if frag == 0:
+                # room for two inserts in each partition this packet may insert into
+                need = -1
+                if sv >= 0:
+                    q = (sv >> 1) & (NPART - 1)
+                    if (part_used[q] + 2) * 4 > part_size[q] * 3:
+                        need = q
+                if dv >= 0:
+                    q = (dv >> 1) & (NPART - 1)
+                    if (part_used[q] + 2) * 4 > part_size[q] * 3:
+                        need = q
+                if need >= 0:
+                    stop_part[sh] = need
+                    break
+            now = clock[i]
+            proto = np.int64(p.proto[i])
+            ver = p.ipver[i]
+            itype = p.icmp_type[i]
+            sp, dp = flow_ports(proto, itype, p.sport[i], p.dport[i])
+            rst = proto == 6 and (p.tcp_flags[i] & TCP_RST) != 0
+            emb_ok = p.emb_valid[i] != 0 and is_icmp_error(proto, itype)
+            rv = np.int64(rules_v[i])
+            v = ACCEPT
+            eg = np.int64(-1)
+            ig = np.int64(-1)
+            for side in range(2):
+                if side == 0:
+                    if sv < 0:
+                        continue
+                    val = sv
+                    xport = sp
+                    pport = dp
+                    peer_hi = p.dst_hi[i]
+                    peer_lo = p.dst_lo[i]
+                    cv = rv & 3
+                    cr = np.int64(egress_rule[i])
+                else:
+                    if dv < 0 or v != ACCEPT:
+                        continue
+                    val = dv
+                    xport = dp
+                    pport = sp
+                    peer_hi = p.src_hi[i]
+                    peer_lo = p.src_lo[i]
+                    cv = (rv >> 2) & 3
+                    cr = np.int64(ingress_rule[i])
+                egress = side == 0
+                inst = val >> 1
+                if frag == 0:
+                    xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
+                    part = inst & (NPART - 1)
+                    base = part_base[part]
+                    size = part_size[part]
+                    kw = key_word(inst, xsel, proto, xport, pport)
+                    # -- own flow
+                    s = _find(slots, base, size, peer_hi, peer_lo, kw)
+                    hit = False
+                    if s >= 0:
+                        w2 = slots[s, 2]
+                        if np.int64(slots[s, 3]) + timeout_of(proto, w2, timeouts) >= now:
+                            hit = True
+                            slots[s, 3] = np.uint64(now)
+                            if proto == 17 and ((w2 & INBOUND) != 0) == egress:
+                                slots[s, 2] = w2 | STREAM
+                            if rst:
+                                slots[s, 2] = TOMB
+                                stored[inst] -= 1
+                            cv = ACCEPT
+                            cr = RULE_CONNTRACK
+                    # -- RELATED: an ICMP error quoting a live flow, either orientation
+                    if not hit and emb_ok:
+                        e_proto = np.int64(p.emb_proto[i])
+                        esp, edp = flow_ports(e_proto, 8 if e_proto == 1 else 128,
+                                              p.emb_sport[i], p.emb_dport[i])
+                        for orient in range(2):
+                            if hit:
+                                break
+                            if orient == 0:
+                                a_hi, a_lo, a_port = p.emb_src_hi[i], p.emb_src_lo[i], esp
+                                b_hi, b_lo, b_port = p.emb_dst_hi[i], p.emb_dst_lo[i], edp
+                            else:
+                                a_hi, a_lo, a_port = p.emb_dst_hi[i], p.emb_dst_lo[i], edp
+                                b_hi, b_lo, b_port = p.emb_src_hi[i], p.emb_src_lo[i], esp
+                            for j in range(3):
+                                if inst_addr_ver[inst, j] == ver and inst_addr_hi[inst, j] == a_hi \
+                                        and inst_addr_lo[inst, j] == a_lo:
+                                    s2 = _find(slots, base, size, b_hi, b_lo,
+                                               key_word(inst, j, e_proto, a_port, b_port))
+                                    if s2 >= 0 and np.int64(slots[s2, 3]) + timeout_of(
+                                            e_proto, slots[s2, 2], timeouts) >= now:
+                                        hit = True
+                                        cv = ACCEPT
+                                        cr = RULE_RELATED
+                    # -- the rules; an ACCEPT inserts the flow
+                    if not hit and cv == ACCEPT:
+                        if stored[inst] >= capacity:
+                            if now > next_exp[inst] and size > 0:
+                                next_exp[inst] = _sweep(slots, base, size, inst, part, now,
+                                                        timeouts, stored)
+                                if s >= 0 and (slots[s, 2] & OCC) == 0:
+                                    s = -1           # the sweep purged this key's expired entry
+                        if stored[inst] >= capacity:
+                            cv = DROP
+                            cr = RULE_FULL
+                        elif rst:
+                            if s >= 0:               # an expired entry of this key ends too
+                                slots[s, 2] = TOMB
+                                stored[inst] -= 1
+                        else:
+                            state = kw | OCC
+                            if not egress:
+                                state |= INBOUND
+                            if s < 0:
+                                s = _free_slot(slots, base, size, peer_hi, peer_lo, kw)
+                                if slots[s, 2] == 0:
+                                    part_used[part] += 1
+                                stored[inst] += 1
+                                slots[s, 0] = peer_hi
+                                slots[s, 1] = peer_lo
+                            slots[s, 2] = state
+                            slots[s, 3] = np.uint64(now)
+                            exp = now + timeout_of(proto, state, timeouts)
+                            if exp < next_exp[inst]:
+                                next_exp[inst] = exp
+                v = cv
+                if side == 0:
+                    eg = cr
+                else:
+                    ig = cr
+            verdict[i] = v
+            egress_rule[i] = eg
+            ingress_rule[i] = ig
+            k += 1
+        pos[sh] = k
+
+
+# the same walk without the thread pool, for a single shard
+_track_serial = njit()(_track.py_func)
+
+
+@njit()
+def _shards(src_val, dst_val, frag, nthreads, order, shard_of_part):
+    """Deal the partitions to at most nthreads shards: partitions linked by a packet that
+    meets checks in both go to the same shard.  Fills order int64[n] (packet indexes
+    grouped by shard, capture order within each) and shard_of_part int64[NPART]; returns
+    shard_start int64[nshards + 1]."""
+    n = len(src_val)
+    parent = np.arange(NPART)
+    weight = np.zeros(NPART, np.int64)
+    for i in range(n):
+        a = -1
+        b = -1
+        if src_val[i] >= 0:
+            a = (np.int64(src_val[i]) >> 1) & (NPART - 1)
+        if dst_val[i] >= 0:
+            b = (np.int64(dst_val[i]) >> 1) & (NPART - 1)
+        if a < 0:
+            a = b
+        if b < 0:
+            b = a
+        if a < 0:
+            continue
+        weight[a] += 1
+        while parent[a] != a:
+            a = parent[a]
+        while parent[b] != b:
+            b = parent[b]
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    root = np.empty(NPART, np.int64)
+    for q in range(NPART):
+        r = q
+        while parent[r] != r:
+            r = parent[r]
+        root[q] = r
+    comp_weight = np.zeros(NPART, np.int64)
+    for q in range(NPART):
+        comp_weight[root[q]] += weight[q]
+    # largest components first onto the lightest shard
+    nshards = max(1, nthreads)
+    load = np.zeros(nshards, np.int64)
+    shard_of_root = np.full(NPART, -1, np.int64)
+    ranked = np.argsort(-comp_weight)
+    for q in ranked:
+        if comp_weight[q] == 0 or root[q] != q:
+            continue
+        s = np.argmin(load)
+        shard_of_root[q] = s
+        load[s] += comp_weight[q]
+    for q in range(NPART):
+        s = shard_of_root[root[q]]
+        shard_of_part[q] = s if s >= 0 else 0
+    # packets: shard of their partition(s); packets meeting no instance go to shard 0
+    counts = np.zeros(nshards + 1, np.int64)
+    for i in range(n):
+        s = 0
+        if src_val[i] >= 0:
+            s = shard_of_part[(np.int64(src_val[i]) >> 1) & (NPART - 1)]
+        elif dst_val[i] >= 0:
+            s = shard_of_part[(np.int64(dst_val[i]) >> 1) & (NPART - 1)]
+        counts[s + 1] += 1
+    for s in range(nshards):
+        counts[s + 1] += counts[s]
+    fill = counts[:nshards].copy()
+    for i in range(n):
+        s = 0
+        if src_val[i] >= 0:
+            s = shard_of_part[(np.int64(src_val[i]) >> 1) & (NPART - 1)]
+        elif dst_val[i] >= 0:
+            s = shard_of_part[(np.int64(dst_val[i]) >> 1) & (NPART - 1)]
+        order[fill[s]] = i
+        fill[s] += 1
+    return counts
+
+
+@njit()
+def _rehash(old, new, part, now, timeouts, stored):
+    """Copy a partition's live flows from old (uint64[m, 4]) into new (zeroed uint64[k, 4]),
+    dropping tombstones and flows expired at ``now``; returns the slots used."""
+    size = len(new)
+    used = 0
+    for s in range(len(old)):
+        w2 = old[s, 2]
+        if (w2 & OCC) == 0:
+            continue
+        inst = entry_inst(w2, part)
+        if np.int64(old[s, 3]) + timeout_of(entry_proto(w2), w2, timeouts) < now:
+            stored[inst] -= 1
+            continue
+        kw = w2 & KEY_MASK
+        h = np.int64(((slot_hash(old[s, 0], old[s, 1], kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+        while new[h, 2] != 0:
+            h += 1
+            if h == size:
+                h = 0
+        new[h, 0] = old[s, 0]
+        new[h, 1] = old[s, 1]
+        new[h, 2] = w2
+        new[h, 3] = old[s, 3]
+        used += 1
+    return used
+
+
+@njit()
+def _discard(slots, base, size, inst, part):
+    """Tombstone every flow of one instance; returns how many."""
+    gone = 0
+    for s in range(base, base + size):
+        w2 = slots[s, 2]
+        if (w2 & OCC) and entry_inst(w2, part) == inst:
+            slots[s, 2] = TOMB
+            gone += 1
+    return gone
+
+
+@njit()
+def _live_flows(slots, now, timeouts):
+    """Flows live at ``now`` over the whole arena."""
+    live = 0
+    for s in range(len(slots)):
+        w2 = slots[s, 2]
+        if (w2 & OCC) and np.int64(slots[s, 3]) + timeout_of(entry_proto(w2), w2, timeouts) >= now:
+            live += 1
+    return live

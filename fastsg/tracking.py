@@ -8,10 +8,11 @@ instance's flows.  It is mutable state of one ``Engine``, used under the engine'
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .kernels.track import (NPART, PART_SHIFT, _discard, _live_flows, _rehash, _shards,
-                            _track, _track_serial)
+                            _track)
 
 SLOT_WORDS = 4
 SLOT_BYTES = SLOT_WORDS * 8
@@ -99,9 +100,8 @@ class Tracker:
         pos = shard_start[:-1].copy()
         stop = np.full(len(pos), -1, np.int64)
         addr_hi, addr_lo, addr_ver = inst_addr
-        kernel = _track if len(pos) > 1 else _track_serial
         while True:
-            kernel(cols, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order,
+            _track(cols, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order,
                    shard_start, pos, stop, self.slots, self.part_base, self.part_size,
                    self.part_used, self.stored, self.next_exp, self.capacity, self.timeouts,
                    addr_hi, addr_lo, addr_ver, verdict, self.slots.reshape(-1))
@@ -110,10 +110,10 @@ class Tracker:
                 break
             for sh in stopped:
                 self._grow(int(stop[sh]), int(clock[order[pos[sh]]]))
-            # resuming one shard needs no thread pool (waking one costs a time slice on a
-            # busy machine)
-            active = np.count_nonzero(pos < shard_start[1:])
-            kernel = _track if active > 1 else _track_serial
+            # resuming a single shard: run it on this thread alone (waking the pool's
+            # other threads for nothing can cost a scheduler time slice on a busy machine)
+            if np.count_nonzero(pos < shard_start[1:]) == 1 and numba.get_num_threads() > 1:
+                numba.set_num_threads(1)
         return verdict
 
     def _grow(self, part: int, now: int) -> None:

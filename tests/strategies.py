@@ -22,6 +22,16 @@ and World-API mutations.
 * ``mutations(world)`` -> one (name, kwargs) World-API call, usually valid, sometimes not.
 * ``batch_from_rows``, ``engine_class``, ``result_tuples``: building batches, and the engine
   side of a comparison in the shape of ``NaiveResult.as_tuple()``.
+* Stateful traffic (sections 4 and 7): ``tracking_world_dicts()`` (tracking-minded, random
+  or dense worlds with small timeouts ``TRACK_CONNTRACK``, tiny capacities, random logging
+  settings and some ``log: true`` rules); ``tracking_packet_dicts(world)`` /
+  ``tracking_batches(world)`` (new flows, replies, repeats, RSTs, ICMP errors quoting earlier
+  packets either way, non-first fragments, non-IP/malformed records, steps around every
+  timeout and back in time; ``batch_from_packet_dicts`` builds the batch with
+  ``PacketBatch.from_arrays``); ``timeline_worlds()`` -> (world dict with a timeline of
+  valid events, packet dicts) for replay.  These use a seeded ``random.Random`` (see
+  ``tracking_packet_dicts``) and peek at the reference's verdicts only to pick which
+  packets to answer or quote.
 
 Packet fields are drawn through ``st.randoms()`` (one cheap recorded draw per choice): far
 faster than a composite strategy per packet, and hypothesis still replays and shrinks them.

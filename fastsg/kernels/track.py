@@ -38,6 +38,7 @@ from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED
 
 NPART = 64
 PREFETCH = 8                       # packets of lookahead for the table loads
+PREFETCH_BYTES = 1 << 20           # ... issued once a partition is bigger than this (L2-sized)
 PART_SHIFT = 6                     # log2(NPART)
 
 RULE_CONNTRACK = 1
@@ -207,14 +208,16 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
     ``capacity`` live flows (DROP by conntrack-full).
     """
     nshards = len(pos)
+    # prefetching pays only when the tables outgrow the caches
+    lookahead = PREFETCH if part_size.max() * 32 > PREFETCH_BYTES else 0
     for sh in prange(nshards):
         stop_part[sh] = -1
         k = pos[sh]
         end = shard_start[sh + 1]
         while k < end:
             i = order[k]
-            if k + PREFETCH < end:
-                j = order[k + PREFETCH]
+            if lookahead > 0 and k + lookahead < end:
+                j = order[k + lookahead]
                 if p.status[j] == STATUS_IP and p.frag[j] == 0:
                     jp = np.int64(p.proto[j])
                     jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j])
@@ -370,10 +373,6 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
             ingress_rule[i] = ig
             k += 1
         pos[sh] = k
-
-
-# the same walk without the thread pool, for a single shard
-_track_serial = njit()(_track.py_func)
 
 
 @njit()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .kernels.track import (NPART, PART_SHIFT, _discard, _live_flows, _rehash, _shards,
-                            _track)
+from .kernels.track import (MIN_PART_SLOTS, NPART, PART_SHIFT, _discard, _live_flows,
+                            _shards, _track, grown_size)
 
 SLOT_WORDS = 4
 SLOT_BYTES = SLOT_WORDS * 8
-MIN_PART_SLOTS = 64
 MAX_INSTANCES = 1 << (18 + PART_SHIFT)      # the key word holds instance // NPART in 18 bits
 _NO_TIME = np.iinfo(np.int64).min
 _NEVER = np.iinfo(np.int64).max
@@ -97,65 +96,57 @@ class Tracker:
         else:
             order = np.arange(n, dtype=np.int64)
             shard_start = np.array([0, n], np.int64)
+        nshards = len(shard_start) - 1
         pos = shard_start[:-1].copy()
-        stop = np.full(len(pos), -1, np.int64)
+        stop = np.full(nshards, -1, np.int64)
+        grows = np.zeros(nshards, np.int64)
         addr_hi, addr_lo, addr_ver = inst_addr
+        need = 0
         while True:
+            free_lo, free_hi = self._free_space(nshards, need)
             _track(cols, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order,
                    shard_start, pos, stop, self.slots, self.part_base, self.part_size,
                    self.part_used, self.stored, self.next_exp, self.capacity, self.timeouts,
-                   addr_hi, addr_lo, addr_ver, verdict, self.slots.reshape(-1))
+                   addr_hi, addr_lo, addr_ver, verdict, self.slots.reshape(-1), free_lo, free_hi,
+                   grows)
+            self.arena_end = int(free_lo.max())     # holes between shards' spaces: garbage
             stopped = np.nonzero(stop >= 0)[0]
             if len(stopped) == 0:
                 break
-            for sh in stopped:
-                self._grow(int(stop[sh]), int(clock[order[pos[sh]]]))
+            # a shard ran out of arena space: make room for the biggest growth asked for
+            need = max(grown_size(int(self.part_used[int(stop[sh])])) for sh in stopped)
             # resuming a single shard: run it on this thread alone (waking the pool's
             # other threads for nothing can cost a scheduler time slice on a busy machine)
             if np.count_nonzero(pos < shard_start[1:]) == 1 and numba.get_num_threads() > 1:
                 numba.set_num_threads(1)
+        self.grows += int(grows.sum())
         return verdict
 
-    def _grow(self, part: int, now: int) -> None:
-        """Rehash partition ``part`` into a larger region, dropping tombstones and flows
-        expired at ``now`` (expired flows never come back: the clock only moves on)."""
-        base, size = int(self.part_base[part]), int(self.part_size[part])
-        old = self.slots[base:base + size]
-        live_max = int(self.part_used[part])
-        # 4x while small (fewer stops), 2x once big (memory per flow)
-        new_size = max(MIN_PART_SLOTS, (4 if live_max < 1 << 16 else 2) * live_max + 8)
-        new = np.zeros((new_size, SLOT_WORDS), np.uint64)
-        used = _rehash(old, new, part, now, self.timeouts, self.stored)
-        if (used + 2) * 4 > new_size * 3:            # cannot happen; guard the invariant
-            raise AssertionError("tracking partition rehash overfilled")
-        self._place(part, new)
-        self.part_used[part] = used
-        self.grows += 1
+    def _free_space(self, nshards: int, need: int):
+        """Zeroed arena space for each shard to grow partitions into: [lo, hi) per shard.
+        The arena is enlarged (and compacted) when its free tail is short."""
+        held = int(self.part_size.sum())
+        want = nshards * max(need, 4 * MIN_PART_SLOTS) + held // 2
+        if len(self.slots) - self.arena_end < want:
+            self._compact(held + want)
+        free = len(self.slots) - self.arena_end
+        chunk = free // nshards
+        lo = self.arena_end + chunk * np.arange(nshards, dtype=np.int64)
+        return lo, lo + chunk
 
-    def _place(self, part: int, region: np.ndarray) -> None:
-        """Put a partition's new region into the arena (appending; compacting or enlarging
-        the arena when it is full)."""
-        m = len(region)
-        b, size = int(self.part_base[part]), int(self.part_size[part])
-        self.slots[b:b + size] = 0                   # the old region becomes (empty) garbage
-        self.part_size[part] = 0
-        if self.arena_end + m > len(self.slots):
-            live = int(self.part_size.sum())
-            arena = _zeros_aligned(max(2 * (live + m), 4 * MIN_PART_SLOTS))
-            end = 0
-            for q in range(NPART):
-                size = int(self.part_size[q])
-                if size:
-                    b = int(self.part_base[q])
-                    arena[end:end + size] = self.slots[b:b + size]
-                    self.part_base[q] = end
-                    end += size
-            self.slots = arena
-            self.arena_end = end
-        self.slots[self.arena_end:self.arena_end + m] = region
-        self.part_base[part] = self.arena_end
-        self.part_size[part] = m
-        self.arena_end += m
+    def _compact(self, rows: int) -> None:
+        """A new arena of ``rows`` slots holding the partitions back to back."""
+        arena = _zeros_aligned(rows)
+        end = 0
+        for q in range(NPART):
+            size = int(self.part_size[q])
+            if size:
+                b = int(self.part_base[q])
+                arena[end:end + size] = self.slots[b:b + size]
+                self.part_base[q] = end
+                end += size
+        self.slots = arena
+        self.arena_end = end
 
     # ---- reporting ----
     def stats(self) -> dict:

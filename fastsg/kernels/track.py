@@ -37,6 +37,7 @@ from .prefetch import prefetch
 from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED
 
 NPART = 64
+MIN_PART_SLOTS = 64                # a partition's first size
 PREFETCH = 8                       # packets of lookahead for the table loads
 PREFETCH_BYTES = 1 << 20           # ... issued once a partition is bigger than this (L2-sized)
 PART_SHIFT = 6                     # log2(NPART)
@@ -152,6 +153,13 @@ def _free_slot(slots, base, size, hi, lo, kw):
 
 
 @njit(inline=True)
+def grown_size(used):
+    """Slots of a partition rehashed with ``used`` slots taken: 4x while small (fewer
+    growths), 2x once big (memory per flow)."""
+    return max(MIN_PART_SLOTS, (4 if used < (1 << 16) else 2) * used + 8)
+
+
+@njit(inline=True)
 def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, peer_lo):
     """Prefetch the home slot of a check's own flow (``flat``: the arena as uint64[4 * total]);
     issued PREFETCH packets ahead, the cache misses overlap the work on earlier packets."""
@@ -185,7 +193,8 @@ def _sweep(slots, base, size, inst, part, now, timeouts, stored):
 @njit(parallel=True)
 def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order, shard_start,
            pos, stop_part, slots, part_base, part_size, part_used, stored, next_exp, capacity,
-           timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver, verdict, flat):
+           timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver, verdict, flat, free_lo, free_hi,
+           grows):
     """Apply the tracking tables to packets whose rules half is done.
 
     p: PacketColumns (n); rules_v uint8[n] packed per-check rules verdicts (see
@@ -194,7 +203,10 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
     clock int64[n] the tracking clock per packet; order int64[n] packet indexes grouped by
     shard (capture order within a shard), shard s owning order[shard_start[s]:shard_start[s+1]];
     pos int64[nshards] where each shard resumes (in/out: shard_start[s+1] when done);
-    stop_part int64[nshards] out: the partition a stopped shard needs grown, -1 if none.
+    stop_part int64[nshards] out: the partition a stopped shard could not grow, -1 if none.
+    free_lo/free_hi int64[nshards] (in/out): each shard's zeroed arena space [lo, hi) where
+    it rehashes a partition about to pass 3/4 load (growing it, dropping tombstones and
+    expired flows); grows int64[nshards] (in/out) counts those.
     Tables: slots uint64[total, 4], part_base/part_size/part_used int64[NPART], stored
     int64[n_inst], next_exp int64[n_inst]; capacity int64; timeouts int64[5] ns.
     inst_addr_*: [n_inst, 3] the instances' addresses (private v4, v6, public; ver 0 none).
@@ -251,8 +263,30 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
                     if (part_used[q] + 2) * 4 > part_size[q] * 3:
                         need = q
                 if need >= 0:
-                    stop_part[sh] = need
-                    break
+                    # grow the partition(s) into this shard's free arena space, in place
+                    for side in range(2):
+                        val = sv if side == 0 else dv
+                        if val < 0:
+                            continue
+                        q = (val >> 1) & (NPART - 1)
+                        if (part_used[q] + 2) * 4 <= part_size[q] * 3:
+                            continue
+                        new_size = grown_size(part_used[q])
+                        if free_hi[sh] - free_lo[sh] < new_size:
+                            stop_part[sh] = q           # out of room: the wrapper makes more
+                            break
+                        base = part_base[q]
+                        size = part_size[q]
+                        nb = free_lo[sh]
+                        part_used[q] = _rehash(slots[base:base + size], slots[nb:nb + new_size], q,
+                                               clock[i], timeouts, stored)
+                        slots[base:base + size] = 0     # the old region is garbage now
+                        part_base[q] = nb
+                        part_size[q] = new_size
+                        free_lo[sh] = nb + new_size
+                        grows[sh] += 1
+                    if stop_part[sh] >= 0:
+                        break
             now = clock[i]
             proto = np.int64(p.proto[i])
             ver = p.ipver[i]

@@ -1,0 +1,94 @@
+"""Tracking tables that grow mid-batch: partitions rehashed into bigger space while the walk
+goes on, the arena enlarged when its free space runs out, several shards at once.  The
+results must still be exactly the naive reference's, whatever the threads and batch cuts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastsg import Engine, World
+from fastsg.generate import generate_traffic, generate_world
+
+try:
+    from naive import NaiveState, naive_classify, packets_from_batch
+except ImportError:                                     # tests/ imported as a package
+    from tests.naive import NaiveState, naive_classify, packets_from_batch
+
+
+def _tuples(result):
+    return [result.row(i) for i in range(len(result))]
+
+
+@pytest.fixture(scope="module")
+def case():
+    d = generate_world(300, 6, 12, deny_share=0.2, seed=11)
+    d["conntrack"] = {"tcp_timeout": 30, "udp_timeout": 2, "udp_stream_timeout": 5,
+                      "icmp_timeout": 1, "other_timeout": 3, "capacity": 400}
+    world = World.from_dict(d)
+    batch = generate_traffic(world, 6000, flows=2500, seed=12, calibrate=False,
+                             rate_pps=2000.0)
+    state = NaiveState(stateful=True)
+    expected = [r.as_tuple() for r in naive_classify(world, packets_from_batch(batch), state)]
+    return world, batch, expected
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_growing_tables_equal_reference(case, threads):
+    world, batch, expected = case
+    engine = Engine(world, threads=threads)
+    got = _tuples(engine.classify(batch))
+    assert got == expected
+    stats = engine.tracking_stats()
+    assert stats["partition_grows"] > 0            # the tables did grow during the batch
+    reasons = {r for _, e, g in expected for r in (e, g)}
+    assert {"conntrack", "conntrack-full"} <= reasons
+
+
+@pytest.mark.parametrize("cuts", [(1,), (2999, 3000, 3001), tuple(range(500, 6000, 500))])
+def test_growing_tables_over_split_calls(case, cuts):
+    world, batch, expected = case
+    engine = Engine(world, threads=2)
+    got = []
+    edges = [0, *cuts, len(batch)]
+    for a, b in zip(edges, edges[1:]):
+        got += _tuples(engine.classify(batch.take(slice(a, b))))
+    assert got == expected
+
+
+def test_reset_tracking_starts_a_new_stream(case):
+    world, batch, expected = case
+    engine = Engine(world, threads=1)
+    first = _tuples(engine.classify(batch))
+    engine.reset_tracking()
+    assert engine.tracking_stats()["flows"] == 0
+    assert _tuples(engine.classify(batch)) == first == expected
+
+
+def test_tracking_memory_is_reported(case):
+    world, batch, _ = case
+    engine = Engine(world, threads=1)
+    engine.classify(batch)
+    stats = engine.tracking_stats()
+    assert stats["flows"] > 0 and stats["table_bytes"] >= 32 * stats["flows"]
+    assert stats["bytes_per_flow"] == stats["table_bytes"] / stats["flows"]
+    assert stats["arena_bytes"] >= stats["table_bytes"]
+    assert Engine(world, stateful=False).tracking_stats() == {}
+
+
+def test_arena_running_out_mid_batch_resumes_exactly(case, monkeypatch):
+    """Give every shard almost no free space: each growth stops the walk, the wrapper
+    enlarges the arena and resumes; nothing is lost or judged twice."""
+    import fastsg.tracking as tracking
+    world, batch, expected = case
+    real = tracking.Tracker._free_space
+    calls = []
+
+    def stingy(self, nshards, need):
+        lo, hi = real(self, nshards, need)
+        calls.append(need)
+        return lo, np.minimum(hi, lo + max(need, 1))
+    monkeypatch.setattr(tracking.Tracker, "_free_space", stingy)
+    for threads in (1, 2):
+        engine = Engine(world, threads=threads)
+        assert _tuples(engine.classify(batch)) == expected
+    assert len(calls) > 4                              # the walk did stop and resume

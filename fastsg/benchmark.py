@@ -1282,7 +1282,7 @@ LIVE_TARGET_FLOWS = 1_000_000     # ... the table size that target is stated for
 BYTES_PER_FLOW_TARGET = 64        # tracking table bytes per flow: at most
 LOG_COST_TARGET = 0.10            # flow logging at a 1% drop rate: at most 10% slower
 LOG_TARGET_DROPS = 0.01
-LOG_DROP_SHARES = (0.01, 0.5)
+LOG_DROP_SHARES = (0.001, 0.01, 0.1, 0.5)   # the drop shares the logging scenario measures
 LOG_MODES = ("stateless", "stateful")
 LIVE_PORT = 443
 LIVE_CLIENTS = "100.64.0.0/10"    # shared address space: never the instance's own address
@@ -1592,7 +1592,7 @@ def _mark(ok) -> str:
 
 def _scenario_logging(ctx: _Context) -> ScenarioResult:
     """Flow logging on (the world's settings: drops logged) vs off, on fresh engines of the
-    same mode, at a 1% and a 50% drop rate, stateless (logging cost alone) and stateful;
+    same mode, at 0.1%, 1%, 10% and 50% drop rates, stateless (logging cost alone) and stateful;
     one thread, each call a fresh stream (a new log: every record is created, the costlier
     case; a long stream also aggregates into records it already holds)."""
     plan, rep = ctx.plan, ctx.reporter
@@ -1609,7 +1609,7 @@ def _scenario_logging(ctx: _Context) -> ScenarioResult:
     for drop in LOG_DROP_SHARES:
         for mode in LOG_MODES:
             _logging_cell(ctx, res, world, engines, rules, drop, mode)
-            rep.step(f"{drop:.0%} drops, {mode}")
+            rep.step(f"{drop * 100:g}% drops, {mode}")
     res.tables = [_logging_table(res, plan)]
     res.notes.append(f"tracking and flow-log kernels warmed up first ({warm:.1f} s, not timed)")
     return res
@@ -1660,7 +1660,7 @@ def _logging_cell(ctx, res, world, engines, rules, drop, mode) -> None:
             m.extra.update(overhead_target=LOG_COST_TARGET,
                            meets_target=cost - 1.0 <= LOG_COST_TARGET)
     if not same:
-        res.notes.append(f"logging changed verdicts ({mode}, {drop:.0%} drops): a bug!")
+        res.notes.append(f"logging changed verdicts ({mode}, {drop * 100:g}% drops): a bug!")
 
 
 def _logging_table(res: ScenarioResult, plan: Plan) -> TableSpec:
@@ -1670,7 +1670,7 @@ def _logging_table(res: ScenarioResult, plan: Plan) -> TableSpec:
             cell = {m.params["flow_log"]: m for m in res.measurements
                     if m.params["drop_share"] == drop and m.params["mode"] == mode}
             off, new, kept = cell["off"], cell["new-log"], cell["kept-log"]
-            rows.append([mode, f"{drop:.0%} ({new.extra['refused_share']:.1%})", fmt_mpps(off),
+            rows.append([mode, f"{drop * 100:g}% ({new.extra['refused_share']:.1%})", fmt_mpps(off),
                          fmt_mpps(kept),
                          f"{kept.extra['overhead']:+.0%}" + _mark(kept.extra.get("meets_target")),
                          f"{new.extra['overhead']:+.0%}",
@@ -2128,7 +2128,7 @@ def _plot_features(ax, ms) -> bool:
         if (m["scenario"] == "logging" and m["params"].get("mode") == "stateless"
                 and m["params"].get("flow_log") in ("off", "kept-log") and m.get("mpps")):
             on = m["params"]["flow_log"] != "off"
-            bars.append((f"log {'on' if on else 'off'}\n{m['params']['drop_share']:.0%} drops", m,
+            bars.append((f"log {'on' if on else 'off'}\n{m['params']['drop_share'] * 100:g}% drops", m,
                          "tab:cyan" if on else "tab:gray"))
     if ax is None or not bars:
         return bool(bars)

@@ -75,6 +75,13 @@ def slot_hash(hi, lo, kw):
 
 
 @njit(inline=True)
+def home_slot(hi, lo, kw, size):
+    """A key's first probe position in a table of ``size`` slots (any size, not only
+    powers of two: the high 32 hash bits scaled to the size)."""
+    return np.int64(((slot_hash(hi, lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+
+
+@njit(inline=True)
 def flow_ports(proto, itype, sport, dport):
     """(port-like values of the key) for a protocol: tcp/udp ports, icmp echo id, else 0."""
     if proto == 6 or proto == 17:
@@ -125,7 +132,7 @@ def entry_inst(w2, part):
 @njit(inline=True)
 def _find(slots, base, size, hi, lo, kw):
     """Slot index (absolute) of the key, or -1.  Probes past tombstones."""
-    h = np.int64(((slot_hash(hi, lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+    h = home_slot(hi, lo, kw, size)
     for _ in range(size):
         w2 = slots[base + h, 2]
         if w2 == 0:
@@ -140,16 +147,14 @@ def _find(slots, base, size, hi, lo, kw):
 
 @njit(inline=True)
 def _free_slot(slots, base, size, hi, lo, kw):
-    """Where a new key goes: the first tombstone or empty slot on its probe path."""
-    h = np.int64(((slot_hash(hi, lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
-    for _ in range(size):
-        w2 = slots[base + h, 2]
-        if (w2 & OCC) == 0:
-            return base + h
+    """Where a new key goes: the first tombstone or empty slot on its probe path (the
+    caller keeps the load under 3/4, so there is one)."""
+    h = home_slot(hi, lo, kw, size)
+    while slots[base + h, 2] & OCC:
         h += 1
         if h == size:
             h = 0
-    return -1
+    return base + h
 
 
 @njit(inline=True)
@@ -169,7 +174,7 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
     if size > 0:
         xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
         kw = key_word(inst, xsel, proto, xport, pport)
-        h = np.int64(((slot_hash(peer_hi, peer_lo, kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+        h = home_slot(peer_hi, peer_lo, kw, size)
         prefetch(flat, 4 * (part_base[part] + h))
 
 
@@ -499,7 +504,7 @@ def _rehash(old, new, part, now, timeouts, stored):
             stored[inst] -= 1
             continue
         kw = w2 & KEY_MASK
-        h = np.int64(((slot_hash(old[s, 0], old[s, 1], kw) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
+        h = home_slot(old[s, 0], old[s, 1], kw, size)
         while new[h, 2] != 0:
             h += 1
             if h == size:

@@ -15,7 +15,7 @@ instances, orders: ``fastsg.world.model``) and walks the spec one packet at a ti
                                                          ``naive_jsonl_lines``,
                                                          ``naive_rule_counters``
 
-Section 4 follows /tmp/dev/CONTRACT.md ("Tracking") where the spec is open: the clock is
+Section 4 follows the README ("Behaviour where the spec is silent") where the spec is open: the clock is
 the latest timestamp seen so far; a flow is live iff ``last + timeout >= now``; capacity
 counts live flows only (counted the obvious way, every time).  Section 5 (REJECT answers)
 is not modelled here.  Everything is sequential on purpose: packets are processed in
@@ -120,7 +120,7 @@ class CheckEvent:
 
     @property
     def action(self) -> str:
-        """The event's action.  CONTRACT: the egress event is ACCEPT when the packet went on
+        """The event's action.  The egress event is ACCEPT when the packet went on
         to an ingress check or was accepted, else the packet's verdict; the ingress event is
         the packet's verdict.  Both are exactly the check's own result."""
         return self.result
@@ -390,7 +390,7 @@ def is_icmp_error(pkt: NaivePacket) -> bool:
 
 def track_check(world, state: NaiveState, inst, direction: str, pkt: NaivePacket,
                 rules_result: tuple) -> tuple:
-    """One stateful check at ``inst`` (the CONTRACT's steps 1-4): (result, deciding rule).
+    """One stateful check at ``inst`` (the steps of spec section 4): (result, deciding rule).
     ``rules_result`` is what the rules alone say (section 3)."""
     if pkt.frag:                                           # 1. fragments bypass tracking
         return rules_result

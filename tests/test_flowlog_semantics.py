@@ -1,4 +1,4 @@
-"""Flow logs and rule counters (SEMANTICS.md section 7, /tmp/dev/CONTRACT.md "Flow logs").
+"""Flow logs and rule counters (SEMANTICS.md section 7; the choices where it is silent are in the README).
 
 Every test writes out the expected records (as dicts with the FlowRecord field names) and
 asserts that BOTH the reference (``naive_flow_log`` over the check events of

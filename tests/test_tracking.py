@@ -1,4 +1,4 @@
-"""Stateful tracking (SEMANTICS.md section 4, /tmp/dev/CONTRACT.md "Tracking"): one small,
+"""Stateful tracking (SEMANTICS.md section 4; the choices where it is silent are in the README): one small,
 named test per rule.
 
 Every test spells out the expected verdict and deciding rules of each packet and asserts

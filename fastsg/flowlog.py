@@ -45,6 +45,7 @@ from typing import Optional
 import numpy as np
 
 from .config import njit
+from .registry import MappedRegistry
 
 # ``fastsg.Verdict`` values (not imported: the engine imports this module)
 ACCEPT, DROP, REJECT = 0, 1, 2
@@ -359,37 +360,6 @@ class FlowRecord:
                            "log_status": self.log_status}, separators=(",", ":"))
 
 
-class Registry:
-    """Names (instance or rule ids) -> dense indexes of this log, in order of first sight,
-    with a vectorised map from a caller's name tuple (e.g. ``Result.rule_names``) to them."""
-
-    def __init__(self):
-        self.names: list[str] = []
-        self.index: dict[str, int] = {}
-        self._seen: tuple = ()
-        self._map = np.zeros(0, np.int64)
-
-    def add(self, name: str) -> int:
-        i = self.index.get(name)
-        if i is None:
-            i = self.index[name] = len(self.names)
-            self.names.append(name)
-        return i
-
-    def map(self, names: tuple) -> np.ndarray:
-        """int64[len(names)]: the registry index of each of ``names`` (added if new)."""
-        if names is self._seen:
-            return self._map
-        n = len(self._seen)
-        if len(names) >= n and names[:n] == self._seen:      # the usual case: names grew
-            new = np.array([self.add(x) for x in names[n:]], np.int64)
-            self._map = np.concatenate((self._map, new))
-        else:
-            self._map = np.array([self.add(x) for x in names], np.int64)
-        self._seen = names
-        return self._map
-
-
 class _Store:
     """Growable columns of the OK records: key words (n, KEY_WORDS) uint64, and int64
     packets, bytes, first and last ts_ns, first event's sequence number."""
@@ -438,8 +408,8 @@ class FlowLog:
         self._store = _Store()
         self._index: dict[bytes, int] = {}
         self._skip: dict[tuple, list] = {}
-        self._rules = Registry()
-        self._instances = Registry()
+        self._rules = MappedRegistry()
+        self._instances = MappedRegistry()
         self._owners: list[str] = []        # by instance registry index
         self._packets_seen = 0              # packets of the stream so far (sequence numbers)
         self.logged_events = 0

@@ -48,8 +48,8 @@ from .config import njit, resolve_threads
 from .engine import Engine, Result, Verdict
 from .errors import FastsgError, WorldError
 from .flowlog import FORMATS as FLOW_LOG_FORMATS
-from .flowlog import Registry
 from .reject import LINKTYPE_RAW, build_responses
+from .registry import MappedRegistry
 
 DEFAULT_CHUNK_PACKETS = 1 << 20
 CSV_HEADER = b"index,verdict,egress_rule,ingress_rule\n"
@@ -614,7 +614,7 @@ class Tally:
     def __init__(self):
         self.verdicts = np.zeros(len(Verdict), np.int64)
         self.inst = np.zeros((16, 2, len(CHECK_VERDICTS)), np.int64)
-        self._instances = Registry()
+        self._instances = MappedRegistry()
 
     @property
     def instance_ids(self) -> list[str]:

@@ -39,9 +39,11 @@ faster than a composite strategy per packet, and hypothesis still replays and sh
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 
 import numpy as np
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
 REGION = "us-east-1"
@@ -1162,3 +1164,16 @@ def timeline_worlds(draw, n_min=1, n_max=60, max_events=6):
         timeline.append({"at": ns_to_at(max(0, t)), **entry})
     d = dict(d, timeline=timeline)
     return d, packets
+
+
+# ---- shared settings of the differential suites ----------------------------------------
+# FASTSG_TEST_SCALE=20 runs 20x the examples (a longer hunt; the default keeps each file fast)
+SCALE = float(os.environ.get("FASTSG_TEST_SCALE", "1"))
+SETTINGS = dict(deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
+
+
+def scaled(examples: int) -> int:
+    """A test's max_examples times FASTSG_TEST_SCALE (at least 1)."""
+    return max(1, int(examples * SCALE))

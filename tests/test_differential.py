@@ -5,11 +5,10 @@ spanning several blocks, and across random World-API mutations applied to a live
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fastsg import World, WorldError
@@ -17,28 +16,19 @@ from fastsg.config import BLOCK_PACKETS
 
 try:
     from naive import naive_classify, packets_from_batch
-    from strategies import (ORDERS, dense_packet_batches, dense_world_dicts, engine_class,
-                            mutations, packet_batches, result_tuples, world_dicts)
+    from strategies import (ORDERS, SETTINGS, dense_packet_batches, dense_world_dicts,
+                            engine_class, mutations, packet_batches, result_tuples, scaled,
+                            world_dicts)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import naive_classify, packets_from_batch
-    from tests.strategies import (ORDERS, dense_packet_batches, dense_world_dicts,
+    from tests.strategies import (ORDERS, SETTINGS, dense_packet_batches, dense_world_dicts,
                                   engine_class, mutations, packet_batches, result_tuples,
-                                  world_dicts)
+                                  scaled, world_dicts)
 
 Engine = engine_class()
 needs_engine = pytest.mark.skipif(Engine is None, reason="fastsg.Engine not available yet")
 
-# FASTSG_TEST_SCALE=20 runs 20x the examples (a longer hunt; the default keeps the file < 60 s)
-SCALE = float(os.environ.get("FASTSG_TEST_SCALE", "1"))
-
-
-def n(examples: int) -> int:
-    return max(1, int(examples * SCALE))
-
-
-SETTINGS = dict(deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+n = scaled          # max_examples scaled by FASTSG_TEST_SCALE
 
 
 def naive_tuples(world, batch):

@@ -10,10 +10,9 @@ Naive-only self-checks come first: they run without an engine.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fastsg import World
@@ -22,30 +21,21 @@ try:
     from naive import (ACCEPT, NaiveState, is_live, naive_aws_lines,
                        naive_classify, naive_flow_log, naive_jsonl_lines, naive_replay,
                        naive_rule_counters, owner_of, packets_from_batch)
-    from strategies import (batch_from_packet_dicts, engine_class, result_tuples,
-                            timeline_worlds, tracking_batches, tracking_world_dicts)
+    from strategies import (SETTINGS, batch_from_packet_dicts, engine_class, result_tuples,
+                            scaled, timeline_worlds, tracking_batches, tracking_world_dicts)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import (ACCEPT, NaiveState, is_live,
                              naive_aws_lines, naive_classify, naive_flow_log,
                              naive_jsonl_lines, naive_replay, naive_rule_counters, owner_of,
                              packets_from_batch)
-    from tests.strategies import (batch_from_packet_dicts, engine_class, result_tuples,
-                                  timeline_worlds, tracking_batches, tracking_world_dicts)
+    from tests.strategies import (SETTINGS, batch_from_packet_dicts, engine_class,
+                                  result_tuples, scaled, timeline_worlds, tracking_batches,
+                                  tracking_world_dicts)
 
 Engine = engine_class()
 needs_engine = pytest.mark.skipif(Engine is None, reason="fastsg.Engine not available yet")
 
-# FASTSG_TEST_SCALE=20 runs 20x the examples (a longer hunt)
-SCALE = float(os.environ.get("FASTSG_TEST_SCALE", "1"))
-
-
-def n(examples: int) -> int:
-    return max(1, int(examples * SCALE))
-
-
-SETTINGS = dict(deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+n = scaled          # max_examples scaled by FASTSG_TEST_SCALE
 TRACK_REASONS = ("conntrack", "conntrack-related", "conntrack-full")
 
 

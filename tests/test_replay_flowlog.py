@@ -9,21 +9,21 @@ import struct
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from scapy.all import IP, TCP, UDP, Ether, ICMP, IPv6, RawPcapReader, Raw, wrpcap
 
 from fastsg import World
 from fastsg import replay as R
 from fastsg.capture import read_capture
-from fastsg.cli.main import main
 from fastsg.generate import generate_traffic, generate_world
 from fastsg.packet_build import write_capture
 
 try:
+    from test_cli import run, said
     from naive import (CheckEvent, NaiveState, naive_aws_lines, naive_flow_log,
                        naive_jsonl_lines, naive_replay, naive_rule_counters, owner_of,
                        packets_from_batch, rule_has_log)
 except ImportError:                                     # tests/ imported as a package
+    from tests.test_cli import run, said
     from tests.naive import (CheckEvent, NaiveState, naive_aws_lines, naive_flow_log,
                              naive_jsonl_lines, naive_replay, naive_rule_counters, owner_of,
                              packets_from_batch, rule_has_log)
@@ -32,18 +32,6 @@ T0 = 1_700_000_040                      # seconds; a multiple of 60 (window boun
 OUT, OUT6 = "198.51.100.7", "2001:db8::99"
 WEB, WEB6, DB = "10.0.0.1", "2001:db8::1", "10.0.0.2"
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def said(result, *texts) -> bool:
-    flat = "".join(result.stderr.split())
-    return all("".join(t.split()) in flat for t in texts)
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..registry import NameRegistry
 from ..world.model import REASONS
 from .addrmap import build_v4, build_v6
 from .policy import DirectionTables, compile_direction
@@ -40,26 +41,6 @@ class CompiledWorld:
     rules: int
     nbytes: int
     inst_addr: tuple = ()
-
-
-class _Registry:
-    """Append-only name -> index map."""
-
-    def __init__(self, names=()):
-        self.names: list[str] = []
-        self.index: dict[str, int] = {}
-        for n in names:
-            self.get(n)
-
-    def get(self, name: str) -> int:
-        i = self.index.get(name)
-        if i is None:
-            i = self.index[name] = len(self.names)
-            self.names.append(name)
-        return i
-
-    def __len__(self):
-        return len(self.names)
 
 
 class _InstanceRows:
@@ -95,10 +76,10 @@ class Compiler:
 
     def __init__(self, world):
         self.world = world
-        self.rules = _Registry(REASONS)
-        self.groups = _Registry()
-        self.regions = _Registry()
-        self.instances = _Registry()
+        self.rules = NameRegistry(REASONS)
+        self.groups = NameRegistry()
+        self.regions = NameRegistry()
+        self.instances = NameRegistry()
         self.rows = _InstanceRows()
         self.cache: dict[tuple, tuple[DirectionTables, DirectionTables]] = {}
         self.revision = None

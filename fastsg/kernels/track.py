@@ -240,10 +240,10 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
                     jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j])
                     if src_val[j] >= 0:
                         _touch(flat, part_base, part_size, np.int64(src_val[j]),
-                                       p.ipver[j], jp, jsp, jdp, p.dst_hi[j], p.dst_lo[j])
+                               p.ipver[j], jp, jsp, jdp, p.dst_hi[j], p.dst_lo[j])
                     if dst_val[j] >= 0:
                         _touch(flat, part_base, part_size, np.int64(dst_val[j]),
-                                       p.ipver[j], jp, jdp, jsp, p.src_hi[j], p.src_lo[j])
+                               p.ipver[j], jp, jdp, jsp, p.src_hi[j], p.src_lo[j])
             st = p.status[i]
             if st != STATUS_IP:
                 verdict[i] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
@@ -257,41 +257,31 @@ def _track(p, rules_v, egress_rule, ingress_rule, src_val, dst_val, clock, order
                 continue
             frag = p.frag[i]
             if frag == 0:
-                # room for two inserts in each partition this packet may insert into
-                need = -1
-                if sv >= 0:
-                    q = (sv >> 1) & (NPART - 1)
-                    if (part_used[q] + 2) * 4 > part_size[q] * 3:
-                        need = q
-                if dv >= 0:
-                    q = (dv >> 1) & (NPART - 1)
-                    if (part_used[q] + 2) * 4 > part_size[q] * 3:
-                        need = q
-                if need >= 0:
-                    # grow the partition(s) into this shard's free arena space, in place
-                    for side in range(2):
-                        val = sv if side == 0 else dv
-                        if val < 0:
-                            continue
-                        q = (val >> 1) & (NPART - 1)
-                        if (part_used[q] + 2) * 4 <= part_size[q] * 3:
-                            continue
-                        new_size = grown_size(part_used[q])
-                        if free_hi[sh] - free_lo[sh] < new_size:
-                            stop_part[sh] = q           # out of room: the wrapper makes more
-                            break
-                        base = part_base[q]
-                        size = part_size[q]
-                        nb = free_lo[sh]
-                        part_used[q] = _rehash(slots[base:base + size], slots[nb:nb + new_size], q,
-                                               clock[i], timeouts, stored)
-                        slots[base:base + size] = 0     # the old region is garbage now
-                        part_base[q] = nb
-                        part_size[q] = new_size
-                        free_lo[sh] = nb + new_size
-                        grows[sh] += 1
-                    if stop_part[sh] >= 0:
+                # room for two inserts in each partition this packet may insert into: grow
+                # a partition about to pass 3/4 load into this shard's free arena space
+                for side in range(2):
+                    val = sv if side == 0 else dv
+                    if val < 0:
+                        continue
+                    q = (val >> 1) & (NPART - 1)
+                    if (part_used[q] + 2) * 4 <= part_size[q] * 3:
+                        continue
+                    new_size = grown_size(part_used[q])
+                    if free_hi[sh] - free_lo[sh] < new_size:
+                        stop_part[sh] = q           # out of room: the wrapper makes more
                         break
+                    base = part_base[q]
+                    size = part_size[q]
+                    nb = free_lo[sh]
+                    part_used[q] = _rehash(slots[base:base + size], slots[nb:nb + new_size], q,
+                                           clock[i], timeouts, stored)
+                    slots[base:base + size] = 0     # the old region is garbage now
+                    part_base[q] = nb
+                    part_size[q] = new_size
+                    free_lo[sh] = nb + new_size
+                    grows[sh] += 1
+                if stop_part[sh] >= 0:
+                    break
             now = clock[i]
             proto = np.int64(p.proto[i])
             ver = p.ipver[i]

@@ -132,6 +132,9 @@ class Tracker:
             # other threads for nothing can cost a scheduler time slice on a busy machine)
             if np.count_nonzero(pos < shard_start[1:]) == 1 and numba.get_num_threads() > 1:
                 numba.set_num_threads(1)
+        if not np.array_equal(pos, shard_start[1:]):     # every packet judged, none twice
+            raise AssertionError(f"tracking walk ended at {pos.tolist()}, "
+                                 f"not at the shard ends {shard_start[1:].tolist()}")
         self.grows += int(grows.sum())
         return verdict
 

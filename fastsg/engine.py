@@ -12,7 +12,8 @@ from .batch import PacketBatch
 from .compile.compiler import CompiledWorld, Compiler
 from .config import FLOW_CACHE_BITS, resolve_threads
 from .flowlog import FlowLog, RuleCounters
-from .kernels.classify import _classify_rules
+from .kernels.classify import (MODE_ADDRESSES, MODE_BOTH, MODE_STATELESS,
+                               classify_packets)
 from .tracking import Tracker
 
 
@@ -142,11 +143,12 @@ class Engine:
             try:
                 cols = batch.kernel_columns()
                 cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
-                _classify_rules(compiled.kernel, cols, cache_bits, nthreads, int(self.stateful),
-                                verdict, egress_rule, ingress_rule, src_val, dst_val)
-                if self.stateful:
-                    verdict = self.tracker.run(cols, verdict, egress_rule, ingress_rule, src_val,
-                                               dst_val, compiled.inst_addr, nthreads)
+                if not self.stateful:
+                    classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_STATELESS,
+                                    verdict, egress_rule, ingress_rule, src_val, dst_val)
+                else:
+                    self._classify_tracked(compiled, cols, n, nthreads, cache_bits, verdict,
+                                           egress_rule, ingress_rule, src_val, dst_val)
             finally:
                 numba.set_num_threads(previous)
         # address-map values are instance * 2 + is_public
@@ -154,6 +156,27 @@ class Engine:
         dst_instance = np.right_shift(dst_val, 1, out=dst_val)
         return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision,
                       src_instance, dst_instance, compiled.instance_ids)
+
+    def _classify_tracked(self, compiled, cols, n, nthreads, cache_bits, verdict, egress_rule,
+                          ingress_rule, src_val, dst_val) -> None:
+        """Stateful: the rules of every packet in a parallel pass first, then the tracking
+        walk, or the walk alone evaluating the rules of the checks its tables do not accept
+        (``Tracker.rules_first`` decides); sharding the walk over threads needs every
+        packet's instances first, which either pass gives."""
+        tracker = self.tracker
+        rules_v = np.empty(0, np.uint8)
+        vals_ready = False
+        if tracker.rules_first(n, nthreads):
+            rules_v = np.empty(n, np.uint8)
+            classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_BOTH, rules_v,
+                            egress_rule, ingress_rule, src_val, dst_val)
+            vals_ready = True
+        elif nthreads > 1:
+            classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
+                            egress_rule, ingress_rule, src_val, dst_val)
+            vals_ready = True
+        tracker.run(compiled.kernel, cols, verdict, egress_rule, ingress_rule, src_val, dst_val,
+                    vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits)
 
     def _sync_tracking(self, compiled: CompiledWorld) -> None:
         """Size the per-instance counters; discard the tables of terminated instances."""

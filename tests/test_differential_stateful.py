@@ -187,10 +187,11 @@ def test_stateful_engine_equals_reference(data):
     world = World.from_dict(data.draw(tracking_world_dicts(), label="world"))
     batch = data.draw(tracking_batches(world), label="batch")
     expected, state = naive_run(world, batch)
-    for threads in (1, 2):
+    for threads, rules_first in ((1, True), (1, False), (2, True), (2, False)):
         engine = Engine(world, stateful=True, threads=threads)
+        engine.tracker.force_rules_first = rules_first
         result = engine.classify(batch)
-        what = f"threads={threads}"
+        what = f"threads={threads} rules_first={rules_first}"
         assert_same(result_tuples(result), expected, batch, what)
         assert_same_log(engine, world, state, what)
         if threads == 1:
@@ -212,6 +213,8 @@ def test_stateful_split_calls_equal_reference(data):
     threads = data.draw(st.sampled_from((1, 2)), label="threads")
     flow_cache = data.draw(st.booleans(), label="flow_cache")
     engine = Engine(world, stateful=True, threads=threads, flow_cache=flow_cache)
+    engine.tracker.force_rules_first = data.draw(st.sampled_from((None, True, False)),
+                                                 label="rules_first")
     cuts = cuts_of(data, len(batch))
     got = []
     for a, b in zip(cuts, cuts[1:]):
@@ -232,8 +235,9 @@ def test_capacity_zero_equals_reference(data):
     batch = data.draw(tracking_batches(world), label="batch")
     expected, state = naive_run(world, batch)
     assert all(e != "conntrack" and g != "conntrack" for _, e, g in expected)
-    for threads in (1, 2):
+    for threads, rules_first in ((1, True), (1, False), (2, None)):
         engine = Engine(world, stateful=True, threads=threads)
+        engine.tracker.force_rules_first = rules_first
         assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
         assert_same_log(engine, world, state, f"threads={threads}")
 

@@ -134,10 +134,18 @@ class Tracked:
         assert naive == list(expected), "reference (naive) disagrees with the spec"
         if self.engines is None:
             assert Engine is not None, "fastsg.Engine not importable"
-            self.engines = [Engine(self.world, stateful=True, threads=t) for t in (1, 2)]
-        for threads, engine in zip((1, 2), self.engines):
+            self.engines = {}
+            # both ways the engine gets the rules: a pass over every packet first, or
+            # evaluated inside the tracking walk for the checks its tables do not accept
+            for threads in (1, 2):
+                for rules_first in (True, False):
+                    engine = Engine(self.world, stateful=True, threads=threads)
+                    engine.tracker.force_rules_first = rules_first
+                    self.engines[threads, rules_first] = engine
+        for (threads, rules_first), engine in self.engines.items():
             got = result_tuples(engine.classify(batch))
-            assert got == list(expected), f"engine (threads={threads}) disagrees with the spec"
+            assert got == list(expected), \
+                f"engine (threads={threads}, rules_first={rules_first}) disagrees with the spec"
 
 
 def expect(w, packets, expected):

@@ -29,30 +29,16 @@ from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST
                      NO_RANK, RULE_DEFAULT, UNMANAGED, port_key)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
+MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES = 0, 1, 2
 _MASK30 = np.uint64((1 << 30) - 1)
 
 
-@njit(parallel=True)
-def _classify_rules(t, p, cache_bits, nthreads, both, verdict, egress_rule, ingress_rule,
+@njit()
+def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingress_rule,
                     src_val, dst_val):
-    """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
-    flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.
-    Fills egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not
-    happen), src_val and dst_val int32[n] (address-map value of the source/destination:
-    instance * 2 + is_public, -1 when no running instance owns it or the packet is not IP)
-    and verdict uint8[n]:
-
-    * both == 0 (stateless): the packet's verdict (spec section 2);
-    * both == 1 (rules half of stateful tracking): the ingress check is made even when the
-      egress check refused, and verdict packs the rules' verdict of each check,
-      ``egress | ingress << 2`` with 3 meaning "no check" (0 ACCEPT, 1 DROP, 2 REJECT);
-      status is left for the tracking kernel to read from the packet columns.
-
-    Flow cache: without tracking, an IPv4 packet's outcome is a function of (source,
-    destination, protocol, port key) and the immutable tables, so each thread keeps a small
-    direct-mapped cache of recent outcomes (4 uint64 per entry: addresses, protocol and key,
-    packed outcome, instance values).  Traffic with flow locality then mostly costs one probe.
-    """
+    """Packets ``lo..hi-1`` of ``_classify_rules`` with one flow cache.  A plain function:
+    called directly for a one-thread call, its loop runs faster than the same loop in a
+    ``prange`` body (see ``classify_packets``)."""
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off
     shift4, shift6 = t.addr4_shift, t.addr6_shift
     mask4 = (np.int64(1) << (64 - shift4)) - 1
@@ -67,213 +53,265 @@ def _classify_rules(t, p, cache_bits, nthreads, both, verdict, egress_rule, ingr
     status, ipver, proto, dport = p.status, p.ipver, p.proto, p.dport
     src_hi, src_lo, dst_hi, dst_lo = p.src_hi, p.src_lo, p.dst_hi, p.dst_lo
     icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
-    n = len(status)
-    # one contiguous run of packets per thread (at least BLOCK_PACKETS each), so each
-    # thread's flow cache lives across its whole run
-    nblocks = max(1, min(nthreads, (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS))
     cache_shift = np.uint64(64 - cache_bits)
-    for b in prange(nblocks):
-        cache = np.zeros(4 << cache_bits, np.uint64)
-        for i in range(b * n // nblocks, (b + 1) * n // nblocks):
-            st = status[i]
-            if st != STATUS_IP:
-                verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
-                egress_rule[i] = -1
-                ingress_rule[i] = -1
-                src_val[i] = -1
-                dst_val[i] = -1
+    cache = np.zeros(4 << cache_bits, np.uint64)
+    for i in range(lo, hi):
+        st = status[i]
+        if st != STATUS_IP:
+            verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
+            egress_rule[i] = -1
+            ingress_rule[i] = -1
+            src_val[i] = -1
+            dst_val[i] = -1
+            continue
+        ver = ipver[i]
+        key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
+        slot3 = -1
+        k1 = np.uint64(0)
+        k2 = np.uint64(0)
+        if ver == 4 and cache_bits > 0 and mode != MODE_ADDRESSES:
+            k1 = (src_lo[i] << np.uint64(32)) | dst_lo[i]
+            k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[i]) << np.uint64(20)) | np.uint64(key)
+            slot3 = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
+            if cache[slot3] == k1 and cache[slot3 + 1] == k2:
+                packed = cache[slot3 + 2]
+                verdict[i] = np.uint8(packed & np.uint64(15))
+                egress_rule[i] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
+                ingress_rule[i] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+                vals = cache[slot3 + 3]
+                src_val[i] = np.int32(np.int64(vals & _LOW32) - 1)
+                dst_val[i] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
                 continue
-            ver = ipver[i]
-            key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
-            slot3 = -1
-            k1 = np.uint64(0)
-            k2 = np.uint64(0)
-            if ver == 4 and cache_bits > 0:
-                k1 = (src_lo[i] << np.uint64(32)) | dst_lo[i]
-                k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[i]) << np.uint64(20)) | np.uint64(key)
-                slot3 = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
-                if cache[slot3] == k1 and cache[slot3 + 1] == k2:
-                    packed = cache[slot3 + 2]
-                    verdict[i] = np.uint8(packed & np.uint64(15))
-                    egress_rule[i] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
-                    ingress_rule[i] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
-                    vals = cache[slot3 + 3]
-                    src_val[i] = np.int32(np.int64(vals & _LOW32) - 1)
-                    dst_val[i] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
-                    continue
-            # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
-            s_val = -1
-            d_val = -1
-            for side in range(2):
-                hi = src_hi[i] if side == 0 else dst_hi[i]
-                lo = src_lo[i] if side == 0 else dst_lo[i]
-                if ver == 4:
-                    a = np.uint32(lo)
-                    h = np.int64(hash4(a, shift4))
+        # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
+        s_val = -1
+        d_val = -1
+        for side in range(2):
+            hi = src_hi[i] if side == 0 else dst_hi[i]
+            lo = src_lo[i] if side == 0 else dst_lo[i]
+            if ver == 4:
+                a = np.uint32(lo)
+                h = np.int64(hash4(a, shift4))
+                e = U64[o_addr4 + h]
+                while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
+                    h = (h + 1) & mask4
                     e = U64[o_addr4 + h]
-                    while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
-                        h = (h + 1) & mask4
-                        e = U64[o_addr4 + h]
-                    val = np.int64(np.int32(np.uint32(e & _LOW32)))
-                else:
-                    h = np.int64(hash6(hi, lo, shift6))
-                    while I[o_addr6_val + h] != -1 and (U64[o_addr6_hi + h] != hi
-                                                        or U64[o_addr6_lo + h] != lo):
-                        h = (h + 1) & mask6
-                    val = np.int64(I[o_addr6_val + h])
-                if side == 0:
-                    s_val = val
-                else:
-                    d_val = val
-            v = UNMANAGED
-            eg = -1
-            ig = -1
-            ev = 3
-            iv = 3
-            if s_val >= 0 or d_val >= 0:
-                v = ACCEPT
-                # -- 3. egress check (side 0) then ingress check (side 1)
-                for side in range(2):
-                    if side == 0:
-                        if s_val < 0:
-                            continue
-                        inst = s_val >> 1
-                        direction = 1
-                        peer_hi = dst_hi[i]
-                        peer_lo = dst_lo[i]
-                        peer_val = d_val
-                    else:
-                        if d_val < 0 or (v != ACCEPT and both == 0):
-                            continue
-                        inst = d_val >> 1
-                        direction = 0
-                        peer_hi = src_hi[i]
-                        peer_lo = src_lo[i]
-                        peer_val = s_val
-                    irec = o_inst + inst * T.INST_STRIDE
-                    pd = I[irec + T.INST_POLICY] * 2 + direction
-                    prec = o_pd + pd * T.PD_STRIDE
-                    pr = proto[i]
-                    # inline slot records follow tables.PD_INLINE_PROTOCOLS = (6, 17, 1, 58)
-                    if pr == 6:
-                        srec = prec + T.PD_INLINE
-                    elif pr == 17:
-                        srec = prec + T.PD_INLINE + 3
-                    elif pr == 1:
-                        srec = prec + T.PD_INLINE + 6
-                    elif pr == 58:
-                        srec = prec + T.PD_INLINE + 9
-                    else:
-                        srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + pr]) * T.SLOT_STRIDE
-                    # group peers: private addresses of running instances in the same region
-                    peer_inst = -1
-                    if peer_val >= 0 and (peer_val & 1) == 0:
-                        peer_inst = peer_val >> 1
-                        if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
-                            peer_inst = -1
-                    best = NO_RANK
-                    for part in range(2):
-                        c = -1
-                        if part == 0:
-                            c = I[srec + T.SLOT_WILD]
-                        else:
-                            m = I[srec + T.SLOT_PT_LEN]
-                            if m > 0:
-                                base = o_pt_key + I[srec + T.SLOT_PT_START]
-                                # halve down to 16 keys, then count the keys <= key in one
-                                # contiguous run (branch-free, vectorised): fewer dependent loads
-                                while m > 16:
-                                    half = m >> 1
-                                    base += half * (I[base + half] <= key)
-                                    m -= half
-                                cnt = 0
-                                for q in range(1, m):
-                                    cnt += I[base + q] <= key
-                                c = I[o_pt_class - o_pt_key + base + cnt]
-                        if c < 0:
-                            continue
-                        crec = o_cls + c * T.CLS_STRIDE
-                        # class c: interval table of the peer's IP version
-                        if ver == 4:
-                            m = I[crec + T.CLS_V4_LEN]
-                            x = np.uint32(peer_lo)
-                            if 0 < m <= T.CLS_INLINE:     # the table sits in the record itself
-                                cnt = 0
-                                for q in range(1, m):
-                                    cnt += np.uint32(I[crec + T.CLS_V4_INLINE_START + q]) <= x
-                                r = I[crec + T.CLS_V4_INLINE_RANK + cnt]
-                                if r < best:
-                                    best = r
-                            elif m > 0:
-                                base = o_v4_start + I[crec + T.CLS_V4_START]
-                                while m > 16:
-                                    half = m >> 1
-                                    base += half * (U32[base + half] <= x)
-                                    m -= half
-                                cnt = 0
-                                for q in range(1, m):
-                                    cnt += U32[base + q] <= x
-                                r = I[o_v4_rank - o_v4_start + base + cnt]
-                                if r < best:
-                                    best = r
-                        else:
-                            m = I[crec + T.CLS_V6_LEN]
-                            if m > 0:
-                                base = I[crec + T.CLS_V6_START]
-                                while m > 1:
-                                    half = m >> 1
-                                    mid = base + half
-                                    mh = U64[o_v6_hi + mid]
-                                    le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
-                                    base += half * le
-                                    m -= half
-                                r = I[o_v6_rank + base]
-                                if r < best:
-                                    best = r
-                        # group-peer rules by rank: the first whose group the peer holds decides
-                        m = I[crec + T.CLS_GRP_LEN]
-                        if m > 0 and peer_inst >= 0:
-                            g0 = I[crec + T.CLS_GRP_START]
-                            prec_i = o_inst + peer_inst * T.INST_STRIDE
-                            gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
-                            ng = I[prec_i + T.INST_NGROUPS]
-                            for k in range(g0, g0 + m):
-                                grec = o_grp + k * T.GRP_STRIDE
-                                r = I[grec + T.GRP_RANK]
-                                if r >= best:
-                                    break
-                                g = I[grec + T.GRP_GROUP]
-                                hit = False
-                                for q in range(ng):
-                                    if I[gbase + q] == g:
-                                        hit = True
-                                        break
-                                if hit:
-                                    best = r
-                                    break
-                    rule = RULE_DEFAULT
-                    if best == NO_RANK:
-                        v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
-                    else:
-                        rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
-                        v = I[rrec + T.RANK_ACTION]
-                        rule = I[rrec + T.RANK_RULE]
-                    if side == 0:
-                        eg = rule
-                        ev = v
-                    else:
-                        ig = rule
-                        iv = v
-            if both != 0:
-                v = ev | (iv << 2)
-            verdict[i] = v
+                val = np.int64(np.int32(np.uint32(e & _LOW32)))
+            else:
+                h = np.int64(hash6(hi, lo, shift6))
+                while I[o_addr6_val + h] != -1 and (U64[o_addr6_hi + h] != hi
+                                                    or U64[o_addr6_lo + h] != lo):
+                    h = (h + 1) & mask6
+                val = np.int64(I[o_addr6_val + h])
+            if side == 0:
+                s_val = val
+            else:
+                d_val = val
+        if mode == MODE_ADDRESSES:
             src_val[i] = np.int32(s_val)
             dst_val[i] = np.int32(d_val)
-            egress_rule[i] = eg
-            ingress_rule[i] = ig
-            if slot3 >= 0:
-                cache[slot3] = k1
-                cache[slot3 + 1] = k2
-                cache[slot3 + 2] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
-                                    | (np.uint64(ig + 1) << np.uint64(34)))
-                cache[slot3 + 3] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
+            continue
+        v = UNMANAGED
+        eg = -1
+        ig = -1
+        ev = 3
+        iv = 3
+        if s_val >= 0 or d_val >= 0:
+            v = ACCEPT
+            # -- 3. egress check (side 0) then ingress check (side 1)
+            for side in range(2):
+                if side == 0:
+                    if s_val < 0:
+                        continue
+                    inst = s_val >> 1
+                    direction = 1
+                    peer_hi = dst_hi[i]
+                    peer_lo = dst_lo[i]
+                    peer_val = d_val
+                else:
+                    if d_val < 0 or (v != ACCEPT and mode == MODE_STATELESS):
+                        continue
+                    inst = d_val >> 1
+                    direction = 0
+                    peer_hi = src_hi[i]
+                    peer_lo = src_lo[i]
+                    peer_val = s_val
+                irec = o_inst + inst * T.INST_STRIDE
+                pd = I[irec + T.INST_POLICY] * 2 + direction
+                prec = o_pd + pd * T.PD_STRIDE
+                pr = proto[i]
+                # inline slot records follow tables.PD_INLINE_PROTOCOLS = (6, 17, 1, 58)
+                if pr == 6:
+                    srec = prec + T.PD_INLINE
+                elif pr == 17:
+                    srec = prec + T.PD_INLINE + 3
+                elif pr == 1:
+                    srec = prec + T.PD_INLINE + 6
+                elif pr == 58:
+                    srec = prec + T.PD_INLINE + 9
+                else:
+                    srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + pr]) * T.SLOT_STRIDE
+                # group peers: private addresses of running instances in the same region
+                peer_inst = -1
+                if peer_val >= 0 and (peer_val & 1) == 0:
+                    peer_inst = peer_val >> 1
+                    if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
+                        peer_inst = -1
+                best = NO_RANK
+                for part in range(2):
+                    c = -1
+                    if part == 0:
+                        c = I[srec + T.SLOT_WILD]
+                    else:
+                        m = I[srec + T.SLOT_PT_LEN]
+                        if m > 0:
+                            base = o_pt_key + I[srec + T.SLOT_PT_START]
+                            # halve down to 16 keys, then count the keys <= key in one
+                            # contiguous run (branch-free, vectorised): fewer dependent loads
+                            while m > 16:
+                                half = m >> 1
+                                base += half * (I[base + half] <= key)
+                                m -= half
+                            cnt = 0
+                            for q in range(1, m):
+                                cnt += I[base + q] <= key
+                            c = I[o_pt_class - o_pt_key + base + cnt]
+                    if c < 0:
+                        continue
+                    crec = o_cls + c * T.CLS_STRIDE
+                    # class c: interval table of the peer's IP version
+                    if ver == 4:
+                        m = I[crec + T.CLS_V4_LEN]
+                        x = np.uint32(peer_lo)
+                        if 0 < m <= T.CLS_INLINE:     # the table sits in the record itself
+                            cnt = 0
+                            for q in range(1, m):
+                                cnt += np.uint32(I[crec + T.CLS_V4_INLINE_START + q]) <= x
+                            r = I[crec + T.CLS_V4_INLINE_RANK + cnt]
+                            if r < best:
+                                best = r
+                        elif m > 0:
+                            base = o_v4_start + I[crec + T.CLS_V4_START]
+                            while m > 16:
+                                half = m >> 1
+                                base += half * (U32[base + half] <= x)
+                                m -= half
+                            cnt = 0
+                            for q in range(1, m):
+                                cnt += U32[base + q] <= x
+                            r = I[o_v4_rank - o_v4_start + base + cnt]
+                            if r < best:
+                                best = r
+                    else:
+                        m = I[crec + T.CLS_V6_LEN]
+                        if m > 0:
+                            base = I[crec + T.CLS_V6_START]
+                            while m > 1:
+                                half = m >> 1
+                                mid = base + half
+                                mh = U64[o_v6_hi + mid]
+                                le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
+                                base += half * le
+                                m -= half
+                            r = I[o_v6_rank + base]
+                            if r < best:
+                                best = r
+                    # group-peer rules by rank: the first whose group the peer holds decides
+                    m = I[crec + T.CLS_GRP_LEN]
+                    if m > 0 and peer_inst >= 0:
+                        g0 = I[crec + T.CLS_GRP_START]
+                        prec_i = o_inst + peer_inst * T.INST_STRIDE
+                        gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
+                        ng = I[prec_i + T.INST_NGROUPS]
+                        for k in range(g0, g0 + m):
+                            grec = o_grp + k * T.GRP_STRIDE
+                            r = I[grec + T.GRP_RANK]
+                            if r >= best:
+                                break
+                            g = I[grec + T.GRP_GROUP]
+                            hit = False
+                            for q in range(ng):
+                                if I[gbase + q] == g:
+                                    hit = True
+                                    break
+                            if hit:
+                                best = r
+                                break
+                rule = RULE_DEFAULT
+                if best == NO_RANK:
+                    v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
+                else:
+                    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
+                    v = I[rrec + T.RANK_ACTION]
+                    rule = I[rrec + T.RANK_RULE]
+                if side == 0:
+                    eg = rule
+                    ev = v
+                else:
+                    ig = rule
+                    iv = v
+        if mode == MODE_BOTH:
+            v = ev | (iv << 2)
+        verdict[i] = v
+        src_val[i] = np.int32(s_val)
+        dst_val[i] = np.int32(d_val)
+        egress_rule[i] = eg
+        ingress_rule[i] = ig
+        if slot3 >= 0:
+            cache[slot3] = k1
+            cache[slot3 + 1] = k2
+            cache[slot3 + 2] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
+                                | (np.uint64(ig + 1) << np.uint64(34)))
+            cache[slot3 + 3] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
+
+
+@njit(parallel=True)
+def _classify_rules(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingress_rule,
+                    src_val, dst_val):
+    """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
+    flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.
+    Fills egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not
+    happen), src_val and dst_val int32[n] (address-map value of the source/destination:
+    instance * 2 + is_public, -1 when no running instance owns it or the packet is not IP)
+    and verdict uint8[n].  ``mode``:
+
+    * MODE_STATELESS: the packet's verdict (spec section 2);
+    * MODE_BOTH (the rules half of stateful tracking, see ``track.py``): the ingress check
+      is made even when the egress check refused, and verdict packs the rules' verdict of
+      each check, ``egress | ingress << 2`` with 3 meaning "no check" (0 ACCEPT, 1 DROP,
+      2 REJECT);
+    * MODE_ADDRESSES: only src_val and dst_val (the parallel pass that sharding the tracking
+      walk needs when the walk makes the checks itself).
+
+    Flow cache: without tracking, an IPv4 packet's outcome is a function of (source,
+    destination, protocol, port key) and the immutable tables, so each thread keeps a small
+    direct-mapped cache of recent outcomes (4 uint64 per entry: addresses, protocol and key,
+    packed outcome, instance values).  Traffic with flow locality then mostly costs one probe.
+    """
+    n = len(p.status)
+    # one contiguous run of packets per thread (at least BLOCK_PACKETS each), so each
+    # thread's flow cache lives across its whole run
+    nblocks = classify_blocks(n, nthreads)
+    for b in prange(nblocks):
+        _classify_block(t, p, cache_bits, mode, b * n // nblocks, (b + 1) * n // nblocks,
+                        verdict, egress_rule, ingress_rule, src_val, dst_val)
+
+
+@njit()
+def classify_blocks(n, nthreads):
+    """Contiguous runs of packets a call is split into: one per thread, each at least
+    BLOCK_PACKETS long."""
+    return max(1, min(nthreads, (n + BLOCK_PACKETS - 1) // BLOCK_PACKETS))
+
+
+def classify_packets(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingress_rule,
+                     src_val, dst_val) -> None:
+    """Dispatch ``_classify_rules``: a call that is one run of packets goes straight to
+    ``_classify_block`` (no thread pool to wake, and a faster loop); arguments as for
+    ``_classify_rules``."""
+    n = len(verdict)
+    if classify_blocks(n, nthreads) == 1:
+        _classify_block(t, p, cache_bits, mode, 0, n, verdict, egress_rule, ingress_rule,
+                        src_val, dst_val)
+    else:
+        _classify_rules(t, p, cache_bits, nthreads, mode, verdict, egress_rule,
+                        ingress_rule, src_val, dst_val)

@@ -39,7 +39,6 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Callable, Iterable, Optional
 
 from ..errors import Problem, WorldError
@@ -849,6 +848,8 @@ def _time_ns(value) -> Optional[int]:
 
 
 def _decimal_ns(text: str) -> Optional[int]:
+    # imported here: decimal's C module costs tens of milliseconds of every start-up
+    from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
     try:
         return int((Decimal(text) * NS).to_integral_value(rounding=ROUND_HALF_EVEN))
     except InvalidOperation:

@@ -19,9 +19,9 @@ Conventions inside this module:
   are uint64 halves (numba turns uint64/int64 mixes into floats, so the two never meet).
 
 The kernel writes only the columns that differ from their defaults for a record: the
-columns must come fresh from ``schema.empty_columns`` (zeros; ``l3_offset`` -1).  Pages of
-columns that stay zero (IPv6 high halves in an IPv4 capture, the ICMP-error columns...)
-are then never touched.
+columns must come fresh from ``schema.empty_columns`` or ``schema.block_columns`` (zeros;
+``l3_offset`` -1).  Pages of columns that stay zero (IPv6 high halves in an IPv4 capture,
+the ICMP-error columns...) are then never touched.
 """
 from __future__ import annotations
 
@@ -361,7 +361,10 @@ def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts,
                 emb_sport, emb_dport, l3_offset):
     """Decode records ``lo..hi-1`` (see ``parse_records``).  A plain loop: the helpers are
     inlined here, where numba compiles a large body quickly (in a ``prange`` body the same
-    code takes tens of seconds to compile)."""
+    code takes tens of seconds to compile).  Returns the number of records of status
+    ``(NON_IP, MALFORMED)``."""
+    non_ip = 0
+    malformed = 0
     for i in range(lo, hi):
         p = np.int64(rec_offset[i])
         if framing != FRAMING_INDEXED:
@@ -373,14 +376,17 @@ def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts,
         net, l3 = link_layer(buf, p, np.int64(caplen[i]), np.int64(linktype[i]))
         if net == NET_NONE or net == NET_UNKNOWN:
             status[i] = STATUS_NON_IP
+            non_ip += 1
             continue
         if net == NET_CUT:
             status[i] = STATUS_MALFORMED
+            malformed += 1
             continue
         l3_offset[i] = l3 - p
         if net == NET_ANY:
             if l3 >= cap_end:
                 status[i] = STATUS_MALFORMED
+                malformed += 1
                 continue
             net = byte(buf, l3) >> 4      # raw IP: the version nibble names the header
         if net == NET_V4:
@@ -391,6 +397,7 @@ def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts,
             ok, pr, s_hi, s_lo, d_hi, d_lo, l4, ip_end, fr = ipv6_header(buf, l3, cap_end)
         if not ok:
             status[i] = STATUS_MALFORMED
+            malformed += 1
             continue
         data_end = min(ip_end, cap_end)
         if fr != 0:
@@ -402,6 +409,7 @@ def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts,
                                                                    data_end)
         if not tok:
             status[i] = STATUS_MALFORMED
+            malformed += 1
             continue
         ipver[i] = net
         proto[i] = pr
@@ -434,6 +442,7 @@ def parse_range(buf, lo, hi, framing, frac_ns, rec_offset, caplen, linktype, ts,
                     emb_dst_lo[i] = ed_lo
                     emb_sport[i] = esp
                     emb_dport[i] = edp
+    return non_ip, malformed
 
 
 @njit(parallel=True)
@@ -450,14 +459,21 @@ def parse_records(buf, framing, frac_ns, rec_offset, caplen, linktype, ts, wirel
     parallel, from the classic pcap record header that precedes each record (``frac_ns``:
     1 for nanosecond files, 1000 for microsecond ones) -- this saves a sequential pass over
     the file.  Every other argument is the schema column of that name, freshly allocated by
-    ``schema.empty_columns``: only values that differ from the defaults are written, so
-    pages of columns that stay zero are never touched.
+    ``schema.empty_columns`` or ``block_columns``: only values that differ from the defaults are written, so
+    pages of columns that stay zero are never touched.  Returns the number of records of
+    status ``(NON_IP, MALFORMED)`` (counted here: reading ``status`` back would touch its
+    pages).
     """
     n = len(rec_offset)
+    non_ip = 0
+    malformed = 0
     for k in prange((n + PARSE_BLOCK - 1) // PARSE_BLOCK):
-        parse_range(buf, k * PARSE_BLOCK, min(n, (k + 1) * PARSE_BLOCK), framing, frac_ns,
-                    rec_offset, caplen, linktype, ts, wirelen, status, ipver, proto, src_hi,
-                    src_lo, dst_hi, dst_lo, sport, dport, icmp_type, icmp_code, icmp_id,
-                    tcp_flags, tcp_seq, tcp_ack, l4_payload_len, frag, emb_valid, emb_proto,
-                    emb_src_hi, emb_src_lo, emb_dst_hi, emb_dst_lo, emb_sport, emb_dport,
-                    l3_offset)
+        a, b = parse_range(buf, k * PARSE_BLOCK, min(n, (k + 1) * PARSE_BLOCK), framing,
+                           frac_ns, rec_offset, caplen, linktype, ts, wirelen, status, ipver,
+                           proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, icmp_type,
+                           icmp_code, icmp_id, tcp_flags, tcp_seq, tcp_ack, l4_payload_len,
+                           frag, emb_valid, emb_proto, emb_src_hi, emb_src_lo, emb_dst_hi,
+                           emb_dst_lo, emb_sport, emb_dport, l3_offset)
+        non_ip += a
+        malformed += b
+    return non_ip, malformed

@@ -621,6 +621,16 @@ def test_icmp_echo_keyed_by_identifier():
            [(A, C_EG, "ping"), (A, CT, CT), (D, DEF, None), (A, CT, CT)])
 
 
+def test_icmp_echo_key_is_icmp_id_not_the_port_fields():
+    # PacketBatch.from_arrays (or a hand-built batch) may leave sport/dport unlike icmp_id:
+    # the key is the identifier field (found by hypothesis: an echo reply with icmp_id 0 but
+    # ports 7 once opened the flow of identifier 7)
+    e = pkt(C, S, ICMP, icmp_type=8, ident=7, t=0)
+    odd = dict(e, sport=9, dport=9)                                   # icmp_id still 7
+    expect(world(), [odd, reply(e, t=0.5), dict(reply(e, t=0.6), icmp_id=9)],
+           [(A, C_EG, "ping"), (A, CT, CT), (D, DEF, None)])
+
+
 def test_icmpv6_echo_keyed_by_identifier():
     e = pkt(C6, S6, ICMP6, icmp_type=128, ident=300, t=0)
     expect(world(), [e, reply(e, t=0.5), dict(reply(e, t=0.5), sport=1, dport=1, icmp_id=1)],

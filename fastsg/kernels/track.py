@@ -87,18 +87,29 @@ def home_slot(hi, lo, kw, size):
 
 
 @njit(inline=True)
-def flow_ports(proto, itype, sport, dport):
-    """(port-like values of the key) for a protocol: tcp/udp ports, icmp echo id, else 0."""
+def flow_ports(proto, itype, sport, dport, ident):
+    """The port-like values of a packet's flow key: tcp/udp ports; for an ICMP echo its
+    identifier (``icmp_id``, the schema's own field for it) on both sides; else 0, 0."""
     if proto == 6 or proto == 17:
         return sport, dport
     if proto == 1:
         if itype == 8 or itype == 0:
-            return sport, dport
+            return ident, ident
         return 0, 0
     if proto == 58:
         if itype == 128 or itype == 129:
-            return sport, dport
+            return ident, ident
         return 0, 0
+    return 0, 0
+
+
+@njit(inline=True)
+def quoted_ports(proto, sport, dport):
+    """The port-like values of a quoted header's flow key: its ports for tcp/udp, and for
+    icmp/icmpv6 the quoted fields as they are (the parser puts a quoted echo's identifier
+    on both sides, 0 for other ICMP); else 0, 0."""
+    if proto == 6 or proto == 17 or proto == 1 or proto == 58:
+        return sport, dport
     return 0, 0
 
 
@@ -239,7 +250,8 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             j = order[k + lookahead]
             if p.status[j] == STATUS_IP and p.frag[j] == 0:
                 jp = np.int64(p.proto[j])
-                jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j])
+                jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j],
+                                      p.icmp_id[j])
                 if src_val[j] >= 0:
                     _touch(flat, part_base, part_size, np.int64(src_val[j]),
                            p.ipver[j], jp, jsp, jdp, p.dst_hi[j], p.dst_lo[j])
@@ -293,7 +305,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
         ver = p.ipver[i]
         itype = p.icmp_type[i]
         key = port_key(proto, p.dport[i], itype, p.icmp_code[i], frag)
-        sp, dp = flow_ports(proto, itype, p.sport[i], p.dport[i])
+        sp, dp = flow_ports(proto, itype, p.sport[i], p.dport[i], p.icmp_id[i])
         rst = proto == 6 and (p.tcp_flags[i] & TCP_RST) != 0
         emb_ok = p.emb_valid[i] != 0 and is_icmp_error(proto, itype)
         v = ACCEPT
@@ -350,8 +362,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 # -- RELATED: an ICMP error quoting a live flow, either orientation
                 if not hit and emb_ok:
                     e_proto = np.int64(p.emb_proto[i])
-                    esp, edp = flow_ports(e_proto, 8 if e_proto == 1 else 128,
-                                          p.emb_sport[i], p.emb_dport[i])
+                    esp, edp = quoted_ports(e_proto, p.emb_sport[i], p.emb_dport[i])
                     for orient in range(2):
                         if hit:
                             break

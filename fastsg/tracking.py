@@ -117,32 +117,33 @@ class Tracker:
         n = len(verdict)
         if n == 0:
             return
-        clock = np.maximum.accumulate(cols.ts)
-        if clock[0] < self.clock:
-            np.maximum(clock, self.clock, out=clock)
-        self.clock = int(clock[-1])
         if nthreads > 1:
             if not vals_ready:
                 raise ValueError("sharding the tracking walk needs the address values")
+            clock = np.maximum.accumulate(cols.ts)
+            if clock[0] < self.clock:
+                np.maximum(clock, self.clock, out=clock)
             order = np.empty(n, np.int64)
             shard_of_part = np.empty(NPART, np.int64)
             shard_start = _shards(src_val, dst_val, cols.frag, nthreads, order, shard_of_part)
         else:
-            order = np.arange(n, dtype=np.int64)
+            # one shard in capture order: no order array, and the walk keeps the clock
+            clock = order = np.empty(0, np.int64)
             shard_start = np.array([0, n], np.int64)
         nshards = len(shard_start) - 1
         pos = shard_start[:-1].copy()
         stop = np.full(nshards, -1, np.int64)
         grows = np.zeros(nshards, np.int64)
+        clock_state = np.full(nshards, self.clock, np.int64)
         addr_hi, addr_lo, addr_ver = inst_addr
         need = 0
         while True:
             free_lo, free_hi = self._free_space(nshards, need)
-            args = (t, cols, int(vals_ready), rules_v, cache_bits, egress_rule, ingress_rule, src_val,
-                    dst_val, clock, order, shard_start, pos, stop, self.slots, self.part_base,
-                    self.part_size, self.part_used, self.stored, self.next_exp, self.capacity,
-                    self.timeouts, addr_hi, addr_lo, addr_ver, verdict, self.slots.reshape(-1),
-                    free_lo, free_hi, grows)
+            args = (t, cols, int(vals_ready), rules_v, cache_bits, egress_rule, ingress_rule,
+                    src_val, dst_val, clock, order, shard_start, pos, stop, self.slots,
+                    self.part_base, self.part_size, self.part_used, self.stored, self.next_exp,
+                    self.capacity, self.timeouts, addr_hi, addr_lo, addr_ver, verdict,
+                    self.slots.reshape(-1), free_lo, free_hi, grows, clock_state)
             unfinished = np.flatnonzero(pos < shard_start[1:])
             if len(unfinished) == 1:
                 # one shard to walk: a plain call (no thread pool to wake, and a faster loop)
@@ -159,6 +160,7 @@ class Tracker:
             raise AssertionError(f"tracking walk ended at {pos.tolist()}, "
                                  f"not at the shard ends {shard_start[1:].tolist()}")
         self.grows += int(grows.sum())
+        self.clock = int(clock[-1]) if len(clock) else int(clock_state[0])
 
     def _free_space(self, nshards: int, need: int):
         """Zeroed arena space for each shard to grow partitions into: [lo, hi) per shard.

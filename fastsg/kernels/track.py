@@ -212,13 +212,18 @@ def _sweep(slots, base, size, inst, part, now, timeouts, stored):
 
 
 @njit()
-def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val, dst_val, clock,
-          order, shard_start, pos, stop_part, slots, part_base, part_size, part_used, stored,
-          next_exp, capacity, timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver, verdict,
-          flat, free_lo, free_hi, grows):
+def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
+          dst_val, clock, order, shard_start, pos, stop_part, slots, part_base, part_size,
+          part_used, stored, next_exp, capacity, timeouts, inst_addr_hi, inst_addr_lo,
+          inst_addr_ver, verdict, flat, free_lo, free_hi, grows, clock_state):
     """Walk shard ``sh`` of ``_track`` in capture order (the whole walk of a one-shard
     batch: called directly, a plain function runs this loop faster than the same loop
-    in a ``prange`` body; measured 13-20 against 21-28 ns a packet)."""
+    in a ``prange`` body; measured 13-20 against 21-28 ns a packet).
+
+    A batch walked as one shard may pass ``order`` and ``clock`` empty: packet k is then
+    packet k, and the clock is kept as the walk goes, from ``clock_state[sh]`` (in/out:
+    the latest timestamp seen before the shard's next packet), sparing two arrays of n
+    int64 written and read once."""
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off     # out of the tuple once
     offs = section_offsets(O)
     shift4, shift6 = t.addr4_shift, t.addr6_shift
@@ -233,10 +238,18 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
     # without the parallel address pass, the walk computes each packet's address-map
     # values `lookahead` packets ahead of it (the prefetch needs them)
     fill = k if vals_ready == 0 else end
+    by_order = len(order) > 0
+    by_clock = len(clock) > 0
+    running = clock_state[sh]
+    ts = p.ts
     while k < end:
-        i = order[k]
+        i = order[k] if by_order else k
+        if by_clock:
+            now = clock[i]
+        else:
+            now = ts[i] if ts[i] > running else running
         while fill < end and fill <= k + lookahead:
-            j = order[fill]
+            j = order[fill] if by_order else fill
             if p.status[j] == STATUS_IP:
                 src_val[j] = addr_value(I, U64, offs, shift4, shift6, p.ipver[j], p.src_hi[j],
                                         p.src_lo[j])
@@ -247,7 +260,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 dst_val[j] = -1
             fill += 1
         if lookahead > 0 and k + lookahead < end:
-            j = order[k + lookahead]
+            j = order[k + lookahead] if by_order else k + lookahead
             if p.status[j] == STATUS_IP and p.frag[j] == 0:
                 jp = np.int64(p.proto[j])
                 jsp, jdp = flow_ports(jp, p.icmp_type[j], p.sport[j], p.dport[j],
@@ -263,6 +276,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             verdict[i] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
             egress_rule[i] = -1
             ingress_rule[i] = -1
+            running = now
             k += 1
             continue
         sv = np.int64(src_val[i])
@@ -271,6 +285,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             verdict[i] = UNMANAGED
             egress_rule[i] = -1
             ingress_rule[i] = -1
+            running = now
             k += 1
             continue
         frag = p.frag[i]
@@ -292,7 +307,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 size = part_size[q]
                 nb = free_lo[sh]
                 part_used[q] = _rehash(slots[base:base + size], slots[nb:nb + new_size], q,
-                                       clock[i], timeouts, stored)
+                                       now, timeouts, stored)
                 slots[base:base + size] = 0     # the old region is garbage now
                 part_base[q] = nb
                 part_size[q] = new_size
@@ -300,7 +315,6 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 grows[sh] += 1
             if stop_part[sh] >= 0:
                 break
-        now = clock[i]
         proto = np.int64(p.proto[i])
         ver = p.ipver[i]
         itype = p.icmp_type[i]
@@ -446,15 +460,17 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
         verdict[i] = v
         egress_rule[i] = eg
         ingress_rule[i] = ig
+        running = now
         k += 1
     pos[sh] = k
+    clock_state[sh] = running
 
 
 @njit(parallel=True)
-def _track(t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val, dst_val, clock, order,
-           shard_start, pos, stop_part, slots, part_base, part_size, part_used, stored, next_exp,
-           capacity, timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver, verdict, flat, free_lo,
-           free_hi, grows):
+def _track(t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val, dst_val,
+           clock, order, shard_start, pos, stop_part, slots, part_base, part_size, part_used,
+           stored, next_exp, capacity, timeouts, inst_addr_hi, inst_addr_lo, inst_addr_ver,
+           verdict, flat, free_lo, free_hi, grows, clock_state):
     """Classify packets with the tracking tables, in capture order within each shard.
 
     t: KernelTables (the compiled rules); p: PacketColumns (n); vals_ready: 1 when
@@ -466,9 +482,11 @@ def _track(t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src
     evaluates the rules itself, only for the checks its tables do not accept;
     cache_bits: log2 of the entries of each shard's cache of rules outcomes (0: none);
     egress_rule/ingress_rule int32[n] out: the deciding rules (-1 where the check did not
-    happen); verdict uint8[n] out (not the same array as rules_v).  clock int64[n] the tracking clock per packet; order
-    int64[n] packet indexes grouped by shard (capture order within a shard), shard s owning
-    order[shard_start[s]:shard_start[s+1]]; pos int64[nshards] where each shard resumes
+    happen); verdict uint8[n] out (not the same array as rules_v).  clock int64[n] the
+    tracking clock per packet; order int64[n] packet indexes grouped by shard (capture order
+    within a shard), shard s owning order[shard_start[s]:shard_start[s+1]] (one shard may
+    pass both empty, see ``_walk``, and clock_state int64[nshards]); pos int64[nshards]
+    where each shard resumes
     (in/out: shard_start[s+1] when done); stop_part int64[nshards] out: the partition a
     stopped shard could not grow, -1 if none.  free_lo/free_hi int64[nshards] (in/out):
     each shard's zeroed arena space [lo, hi) where it rehashes a partition about to pass 3/4
@@ -493,10 +511,10 @@ def _track(t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src
     and the packets the rules refuse again and again mostly cost one probe.
     """
     for sh in prange(len(pos)):
-        _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val, dst_val,
-              clock, order, shard_start, pos, stop_part, slots, part_base, part_size,
+        _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
+              dst_val, clock, order, shard_start, pos, stop_part, slots, part_base, part_size,
               part_used, stored, next_exp, capacity, timeouts, inst_addr_hi, inst_addr_lo,
-              inst_addr_ver, verdict, flat, free_lo, free_hi, grows)
+              inst_addr_ver, verdict, flat, free_lo, free_hi, grows, clock_state)
 
 
 @njit()

@@ -1888,18 +1888,6 @@ def tiled_capture(src, dst, copies: int) -> None:
             out.write(body)
 
 
-def first_record(src, dst) -> None:
-    """A classic pcap file holding only the first record of ``src`` (little-endian or
-    big-endian header alike: the record's caplen is read in the file's byte order)."""
-    with open(src, "rb") as f:
-        head = f.read(24)
-        rec = f.read(16)
-        order = "big" if head[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d") else "little"
-        data = f.read(int.from_bytes(rec[8:12], order))
-    with open(dst, "wb") as out:
-        out.write(head + rec + data)
-
-
 def _peer_processes(ctx, res, tool, expr, pcap, wfile, n, their, info) -> None:
     """tcpdump and ``fastsg replay --stateless --json`` as whole processes (interpreter
     start, imports, kernel cache load, world load and compile included for fastsg), timed
@@ -1945,8 +1933,10 @@ def _peer_processes(ctx, res, tool, expr, pcap, wfile, n, their, info) -> None:
     if copies > 1:
         big.unlink()
     # the floor under any whole-process replay: start-up, world load and compile, one packet
+    from .capture import read_capture
+    from .capture.writer import copy_records
     one = ctx.tmp / "peer-one.pcap"
-    first_record(pcap, one)
+    copy_records(pcap, read_capture(pcap), np.arange(n) == 0, one)
     floor = [_run(_fastsg_cli() + ["replay", str(one), "--world", str(wfile), "--stateless",
                                    "--json"])[0] for _ in range(1 if ctx.plan.quick else 3)]
     res.add(Measurement("peers", "fastsg", "replay-process-floor", floor, packets=1,

@@ -703,6 +703,32 @@ def engine_class():
         return None
 
 
+def assert_same(got, expected, batch, what=""):
+    """Exact equality of result tuples (engine vs reference), with the first differing
+    packet spelled out and the reference's results just before it."""
+    try:
+        from naive import packets_from_batch
+    except ImportError:                                 # tests/ imported as a package
+        from tests.naive import packets_from_batch
+    assert len(got) == len(expected), f"{what}: {len(got)} results for {len(expected)} packets"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            pkt = packets_from_batch(batch.take(slice(i, i + 1)))[0]
+            n_bad = sum(1 for a, b in zip(got, expected) if a != b)
+            raise AssertionError(
+                f"{what}: packet {i} of {len(got)} ({n_bad} differ): engine {g} != reference {e}\n"
+                f"  packet: {pkt}\n  previous: {expected[max(0, i - 5):i]}")
+
+
+def tracked_engine(world, threads, rules_first=None, **options):
+    """A stateful Engine whose tracking walk gets its rules as told: True from the pass over
+    every packet first, False evaluated inside the walk, None as the engine decides."""
+    from fastsg import Engine
+    engine = Engine(world, stateful=True, threads=threads, **options)
+    engine.tracker.force_rules_first = rules_first
+    return engine
+
+
 def result_tuples(res) -> list:
     """An engine ``Result`` -> [(verdict name, egress rule or None, ingress rule or None)],
     the shape of ``NaiveResult.as_tuple()``."""

@@ -16,14 +16,14 @@ from fastsg.config import BLOCK_PACKETS
 
 try:
     from naive import naive_classify, packets_from_batch
-    from strategies import (ORDERS, SETTINGS, dense_packet_batches, dense_world_dicts,
-                            engine_class, mutations, packet_batches, result_tuples, scaled,
-                            world_dicts)
+    from strategies import (ORDERS, SETTINGS, assert_same, dense_packet_batches,
+                            dense_world_dicts, engine_class, mutations, packet_batches,
+                            result_tuples, scaled, world_dicts)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import naive_classify, packets_from_batch
-    from tests.strategies import (ORDERS, SETTINGS, dense_packet_batches, dense_world_dicts,
-                                  engine_class, mutations, packet_batches, result_tuples,
-                                  scaled, world_dicts)
+    from tests.strategies import (ORDERS, SETTINGS, assert_same, dense_packet_batches,
+                                  dense_world_dicts, engine_class, mutations, packet_batches,
+                                  result_tuples, scaled, world_dicts)
 
 Engine = engine_class()
 needs_engine = pytest.mark.skipif(Engine is None, reason="fastsg.Engine not available yet")
@@ -33,18 +33,6 @@ n = scaled          # max_examples scaled by FASTSG_TEST_SCALE
 
 def naive_tuples(world, batch):
     return [r.as_tuple() for r in naive_classify(world, packets_from_batch(batch))]
-
-
-def assert_same(got, expected, batch, what=""):
-    """Exact equality, with the first differing packet spelled out."""
-    assert len(got) == len(expected), f"{what}: {len(got)} results for {len(expected)} packets"
-    for i, (g, e) in enumerate(zip(got, expected)):
-        if g != e:
-            pkt = packets_from_batch(batch.take(slice(i, i + 1)))[0]
-            n_bad = sum(1 for a, b in zip(got, expected) if a != b)
-            raise AssertionError(
-                f"{what}: packet {i} of {len(got)} ({n_bad} differ): engine {g} != reference {e}\n"
-                f"  packet: {pkt}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,16 +21,17 @@ try:
     from naive import (ACCEPT, NaiveState, is_live, naive_aws_lines,
                        naive_classify, naive_flow_log, naive_jsonl_lines, naive_replay,
                        naive_rule_counters, owner_of, packets_from_batch)
-    from strategies import (SETTINGS, batch_from_packet_dicts, engine_class, result_tuples,
-                            scaled, timeline_worlds, tracking_batches, tracking_world_dicts)
+    from strategies import (SETTINGS, assert_same, batch_from_packet_dicts, engine_class,
+                            result_tuples, scaled, timeline_worlds, tracked_engine,
+                            tracking_batches, tracking_world_dicts)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import (ACCEPT, NaiveState, is_live,
                              naive_aws_lines, naive_classify, naive_flow_log,
                              naive_jsonl_lines, naive_replay, naive_rule_counters, owner_of,
                              packets_from_batch)
-    from tests.strategies import (SETTINGS, batch_from_packet_dicts, engine_class,
-                                  result_tuples, scaled, timeline_worlds, tracking_batches,
-                                  tracking_world_dicts)
+    from tests.strategies import (SETTINGS, assert_same, batch_from_packet_dicts, engine_class,
+                                  result_tuples, scaled, timeline_worlds, tracked_engine,
+                                  tracking_batches, tracking_world_dicts)
 
 Engine = engine_class()
 needs_engine = pytest.mark.skipif(Engine is None, reason="fastsg.Engine not available yet")
@@ -46,18 +47,6 @@ def naive_run(world, batch, stateful=True):
     state = NaiveState(stateful=stateful)
     results = naive_classify(world, packets_from_batch(batch), state)
     return [r.as_tuple() for r in results], state
-
-
-def assert_same(got, expected, batch, what=""):
-    """Exact equality, with the first differing packet spelled out."""
-    assert len(got) == len(expected), f"{what}: {len(got)} results for {len(expected)} packets"
-    for i, (g, e) in enumerate(zip(got, expected)):
-        if g != e:
-            pkt = packets_from_batch(batch.take(slice(i, i + 1)))[0]
-            n_bad = sum(1 for a, b in zip(got, expected) if a != b)
-            raise AssertionError(
-                f"{what}: packet {i} of {len(got)} ({n_bad} differ): engine {g} != reference {e}\n"
-                f"  packet: {pkt}\n  previous: {expected[max(0, i - 5):i]}")
 
 
 def assert_same_log(engine, world, state, what=""):
@@ -188,8 +177,7 @@ def test_stateful_engine_equals_reference(data):
     batch = data.draw(tracking_batches(world), label="batch")
     expected, state = naive_run(world, batch)
     for threads, rules_first in ((1, True), (1, False), (2, True), (2, False)):
-        engine = Engine(world, stateful=True, threads=threads)
-        engine.tracker.force_rules_first = rules_first
+        engine = tracked_engine(world, threads, rules_first)
         result = engine.classify(batch)
         what = f"threads={threads} rules_first={rules_first}"
         assert_same(result_tuples(result), expected, batch, what)
@@ -212,9 +200,8 @@ def test_stateful_split_calls_equal_reference(data):
     expected, state = naive_run(world, batch)
     threads = data.draw(st.sampled_from((1, 2)), label="threads")
     flow_cache = data.draw(st.booleans(), label="flow_cache")
-    engine = Engine(world, stateful=True, threads=threads, flow_cache=flow_cache)
-    engine.tracker.force_rules_first = data.draw(st.sampled_from((None, True, False)),
-                                                 label="rules_first")
+    rules_first = data.draw(st.sampled_from((None, True, False)), label="rules_first")
+    engine = tracked_engine(world, threads, rules_first, flow_cache=flow_cache)
     cuts = cuts_of(data, len(batch))
     got = []
     for a, b in zip(cuts, cuts[1:]):
@@ -236,8 +223,7 @@ def test_capacity_zero_equals_reference(data):
     expected, state = naive_run(world, batch)
     assert all(e != "conntrack" and g != "conntrack" for _, e, g in expected)
     for threads, rules_first in ((1, True), (1, False), (2, None)):
-        engine = Engine(world, stateful=True, threads=threads)
-        engine.tracker.force_rules_first = rules_first
+        engine = tracked_engine(world, threads, rules_first)
         assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
         assert_same_log(engine, world, state, f"threads={threads}")
 

@@ -17,10 +17,12 @@ from fastsg import World
 
 try:
     from naive import NaiveState, naive_classify, naive_replay, packets_from_batch
-    from strategies import T0_NS, batch_from_packet_dicts, engine_class, result_tuples
+    from strategies import (T0_NS, batch_from_packet_dicts, engine_class, result_tuples,
+                            tracked_engine)
 except ImportError:                                     # tests/ imported as a package
     from tests.naive import NaiveState, naive_classify, naive_replay, packets_from_batch
-    from tests.strategies import T0_NS, batch_from_packet_dicts, engine_class, result_tuples
+    from tests.strategies import (T0_NS, batch_from_packet_dicts, engine_class, result_tuples,
+                                  tracked_engine)
 
 Engine = engine_class()
 
@@ -139,9 +141,8 @@ class Tracked:
             # evaluated inside the tracking walk for the checks its tables do not accept
             for threads in (1, 2):
                 for rules_first in (True, False):
-                    engine = Engine(self.world, stateful=True, threads=threads)
-                    engine.tracker.force_rules_first = rules_first
-                    self.engines[threads, rules_first] = engine
+                    self.engines[threads, rules_first] = tracked_engine(self.world, threads,
+                                                                        rules_first)
         for (threads, rules_first), engine in self.engines.items():
             got = result_tuples(engine.classify(batch))
             assert got == list(expected), \

@@ -25,8 +25,8 @@ from ..compile.addrmap import hash4, hash6
 from ..config import njit
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST,
                      _INST_GROUP_LIST, _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK,
-                     _SLOT, _V4_RANK, _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT,
-                     DROP, NO_RANK, RULE_DEFAULT)
+                     _SLOT, _V4_RANK, _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, NO_RANK,
+                     le_position, ranked_outcome)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 
@@ -111,17 +111,8 @@ def rules_check(I, U32, U64, U8, offs, inst, direction, ver, proto, key, peer_hi
             m = I[srec + T.SLOT_PT_LEN]
             if m > 0:
                 o_pt_key = offs[OFF_PT_KEY]
-                base = o_pt_key + I[srec + T.SLOT_PT_START]
-                # halve down to 16 keys, then count the keys <= key in one contiguous run
-                # (branch-free, vectorised): fewer dependent loads
-                while m > 16:
-                    half = m >> 1
-                    base += half * (I[base + half] <= key)
-                    m -= half
-                cnt = 0
-                for q in range(1, m):
-                    cnt += I[base + q] <= key
-                c = I[offs[OFF_PT_CLASS] - o_pt_key + base + cnt]
+                at = le_position(I, o_pt_key + I[srec + T.SLOT_PT_START], m, key)
+                c = I[offs[OFF_PT_CLASS] - o_pt_key + at]
         if c < 0:
             continue
         crec = offs[OFF_CLS] + c * T.CLS_STRIDE
@@ -138,15 +129,8 @@ def rules_check(I, U32, U64, U8, offs, inst, direction, ver, proto, key, peer_hi
                     best = r
             elif m > 0:
                 o_v4_start = offs[OFF_V4_START]
-                base = o_v4_start + I[crec + T.CLS_V4_START]
-                while m > 16:
-                    half = m >> 1
-                    base += half * (U32[base + half] <= x)
-                    m -= half
-                cnt = 0
-                for q in range(1, m):
-                    cnt += U32[base + q] <= x
-                r = I[offs[OFF_V4_RANK] - o_v4_start + base + cnt]
+                at = le_position(U32, o_v4_start + I[crec + T.CLS_V4_START], m, x)
+                r = I[offs[OFF_V4_RANK] - o_v4_start + at]
                 if r < best:
                     best = r
         else:
@@ -186,7 +170,4 @@ def rules_check(I, U32, U64, U8, offs, inst, direction, ver, proto, key, peer_hi
                 if hit:
                     best = r
                     break
-    if best == NO_RANK:
-        return (ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP), np.int64(RULE_DEFAULT)
-    rrec = offs[OFF_RANK] + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
-    return np.int64(I[rrec + T.RANK_ACTION]), np.int64(I[rrec + T.RANK_RULE])
+    return ranked_outcome(I, offs[OFF_RANK], prec, best)

@@ -25,8 +25,8 @@ from ..config import BLOCK_PACKETS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
-                     _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, DROP, MALFORMED,
-                     NO_RANK, RULE_DEFAULT, UNMANAGED, port_key)
+                     _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, MALFORMED, NO_RANK,
+                     UNMANAGED, le_position, port_key, ranked_outcome)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES = 0, 1, 2
@@ -164,17 +164,8 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                     else:
                         m = I[srec + T.SLOT_PT_LEN]
                         if m > 0:
-                            base = o_pt_key + I[srec + T.SLOT_PT_START]
-                            # halve down to 16 keys, then count the keys <= key in one
-                            # contiguous run (branch-free, vectorised): fewer dependent loads
-                            while m > 16:
-                                half = m >> 1
-                                base += half * (I[base + half] <= key)
-                                m -= half
-                            cnt = 0
-                            for q in range(1, m):
-                                cnt += I[base + q] <= key
-                            c = I[o_pt_class - o_pt_key + base + cnt]
+                            at = le_position(I, o_pt_key + I[srec + T.SLOT_PT_START], m, key)
+                            c = I[o_pt_class - o_pt_key + at]
                     if c < 0:
                         continue
                     crec = o_cls + c * T.CLS_STRIDE
@@ -190,15 +181,8 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                             if r < best:
                                 best = r
                         elif m > 0:
-                            base = o_v4_start + I[crec + T.CLS_V4_START]
-                            while m > 16:
-                                half = m >> 1
-                                base += half * (U32[base + half] <= x)
-                                m -= half
-                            cnt = 0
-                            for q in range(1, m):
-                                cnt += U32[base + q] <= x
-                            r = I[o_v4_rank - o_v4_start + base + cnt]
+                            at = le_position(U32, o_v4_start + I[crec + T.CLS_V4_START], m, x)
+                            r = I[o_v4_rank - o_v4_start + at]
                             if r < best:
                                 best = r
                     else:
@@ -236,13 +220,7 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                             if hit:
                                 best = r
                                 break
-                rule = RULE_DEFAULT
-                if best == NO_RANK:
-                    v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
-                else:
-                    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
-                    v = I[rrec + T.RANK_ACTION]
-                    rule = I[rrec + T.RANK_RULE]
+                v, rule = ranked_outcome(I, o_rank, prec, best)
                 if side == 0:
                     eg = rule
                     ev = v

@@ -13,8 +13,8 @@ from numba import prange
 from ..compile import tables as T
 from ..config import BLOCK_PACKETS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
-from .lookup import (_INST, _INST_GROUP_LIST, _PD, _RANK, ACCEPT, DROP, MALFORMED, NO_RANK,
-                     RULE_DEFAULT, UNMANAGED, find_instance, port_key)
+from .lookup import (_INST, _INST_GROUP_LIST, _PD, _RANK, ACCEPT, MALFORMED, NO_RANK, UNMANAGED,
+                     find_instance, port_key, ranked_outcome)
 
 
 @njit(parallel=True)
@@ -84,14 +84,7 @@ def _classify_linear(t, L, p, scan_all, verdict, egress_rule, ingress_rule):
                         hit = above and below
                     if hit:
                         best = L.rank[r]
-                rule = RULE_DEFAULT
-                prec = o_pd + pd * T.PD_STRIDE
-                if best == NO_RANK:
-                    v = ACCEPT if I[prec + T.PD_DEFAULT_ACCEPT] else DROP
-                else:
-                    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
-                    v = I[rrec + T.RANK_ACTION]
-                    rule = I[rrec + T.RANK_RULE]
+                v, rule = ranked_outcome(I, o_rank, o_pd + pd * T.PD_STRIDE, best)
                 if side == 0:
                     egress_rule[i] = rule
                 else:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..compile.addrmap import hash4, hash6
 from ..compile.policy import FRAG_KEY
+from ..compile import tables as T
 from ..compile.tables import SECTION
 from ..config import njit
 
@@ -44,6 +45,34 @@ _V6_START_LO = SECTION["v6_start_lo"]
 _ADDR6_HI = SECTION["addr6_hi"]
 _ADDR6_LO = SECTION["addr6_lo"]
 _PD_PROTO_SLOT = SECTION["pd_proto_slot"]
+
+
+@njit(inline=True)
+def le_position(A, base, m, x):
+    """Position of the last of the ``m`` sorted keys ``A[base:base + m]`` that is <= ``x``
+    (the first key is a table's least value and always <= x): halve down to 16 keys, then
+    count the keys <= x in one contiguous run (branch-free, vectorised), which takes fewer
+    dependent loads than a binary search.  Inlined: arrays in, no call, no refcount."""
+    while m > 16:
+        half = m >> 1
+        base += half * (A[base + half] <= x)
+        m -= half
+    cnt = 0
+    for q in range(1, m):
+        cnt += A[base + q] <= x
+    return base + cnt
+
+
+@njit(inline=True)
+def ranked_outcome(I, o_rank, prec, best):
+    """``(verdict, rule)`` (int64) of a check whose least matching rank is ``best`` in the
+    policy direction whose record starts at ``prec``: the ranked rule's action and index,
+    or the combining order's default (RULE_DEFAULT) when nothing matched (NO_RANK)."""
+    if best == NO_RANK:
+        return (np.int64(ACCEPT) if I[prec + T.PD_DEFAULT_ACCEPT] else np.int64(DROP)), \
+            np.int64(RULE_DEFAULT)
+    rrec = o_rank + (I[prec + T.PD_RANK_START] + best) * T.RANK_STRIDE
+    return np.int64(I[rrec + T.RANK_ACTION]), np.int64(I[rrec + T.RANK_RULE])
 
 
 @njit(inline=True)

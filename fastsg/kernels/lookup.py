@@ -1,14 +1,17 @@
-"""Scalar per-packet helpers and the table section indexes the kernels use.
+"""Per-packet helpers and the table section indexes the kernels use.
 
 Kernels read the flat table blobs ``I`` (int32), ``U32``, ``U64``, ``U8`` of
 ``compile.tables.KernelTables``; a section starts at ``O[_SECTION]``.
 
-Why the kernels are written as one loop body, not as helpers taking arrays: numba
-reference-counts every array argument of a called function that loops or branches (an
-atomic add and subtract per array per call).  Measured here, a hash lookup in a helper ran
-at 30 M/s against 50 M/s written in the loop, and a classify built from such helpers at
-2 M packets/s; with two threads the shared counters made it slower still.  So only
-helpers on scalars live here.
+Why the table steps are inline helpers (``@njit(inline=True)``, merged into the caller at
+numba's IR level) and never called functions: numba reference-counts every array argument
+of a called function that loops or branches (an atomic add and subtract per array per
+call).  Measured here, a hash lookup in a called helper ran at 30 M/s against 50 M/s
+written in the loop, and a classify built from such helpers at 2 M packets/s.  Inlined,
+arrays passed as arguments cost nothing (3 ns for a two-load lookup either way); the one
+thing to avoid is passing a tuple of arrays (``KernelTables``) into an inline helper, which
+costs a count update per member per call (14 ns).  ``find_instance`` is a called helper:
+it serves only the baselines.
 """
 from __future__ import annotations
 
@@ -61,6 +64,73 @@ def le_position(A, base, m, x):
     for q in range(1, m):
         cnt += A[base + q] <= x
     return base + cnt
+
+
+@njit(inline=True)
+def slot_record(I, U8, o_slot, o_proto_slot, prec, pd, proto):
+    """Start of the protocol slot record of policy direction ``pd`` (record at ``prec``):
+    the common protocols' records sit inside the PD record, in the order of
+    ``tables.PD_INLINE_PROTOCOLS`` (6, 17, 1, 58); any other goes through the protocol map."""
+    if proto == 6:
+        return prec + T.PD_INLINE
+    if proto == 17:
+        return prec + T.PD_INLINE + 3
+    if proto == 1:
+        return prec + T.PD_INLINE + 6
+    if proto == 58:
+        return prec + T.PD_INLINE + 9
+    return o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + proto]) \
+        * T.SLOT_STRIDE
+
+
+@njit(inline=True)
+def group_peer(I, o_inst, irec, peer_val):
+    """The instance a check's peer stands for as a group member, or -1: group peers are the
+    private addresses of running instances in the same region as the checking instance
+    (record at ``irec``); ``peer_val`` is the peer's address-map value."""
+    if peer_val < 0 or (peer_val & 1) != 0:
+        return -1
+    peer_inst = peer_val >> 1
+    if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
+        return -1
+    return peer_inst
+
+
+@njit(inline=True)
+def le_position6(U64, o_hi, o_lo, base, m, hi, lo):
+    """``le_position`` for IPv6 starts held as (hi, lo) uint64 halves: a branch-free
+    binary search."""
+    while m > 1:
+        half = m >> 1
+        mid = base + half
+        mh = U64[o_hi + mid]
+        le = (mh < hi) | ((mh == hi) & (U64[o_lo + mid] <= lo))
+        base += half * le
+        m -= half
+    return base
+
+
+@njit(inline=True)
+def group_rank(I, o_inst, o_inst_groups, o_grp, crec, peer_inst, best):
+    """The least of ``best`` and the rank of the first group-peer rule of class record
+    ``crec`` whose group instance ``peer_inst`` holds (rules by rank: the first hit decides)."""
+    m = I[crec + T.CLS_GRP_LEN]
+    if m == 0 or peer_inst < 0:
+        return best
+    g0 = I[crec + T.CLS_GRP_START]
+    prec_i = o_inst + peer_inst * T.INST_STRIDE
+    gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
+    ng = I[prec_i + T.INST_NGROUPS]
+    for k in range(g0, g0 + m):
+        grec = o_grp + k * T.GRP_STRIDE
+        r = I[grec + T.GRP_RANK]
+        if r >= best:
+            return best
+        g = I[grec + T.GRP_GROUP]
+        for q in range(ng):
+            if I[gbase + q] == g:
+                return r
+    return best
 
 
 @njit(inline=True)

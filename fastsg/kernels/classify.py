@@ -23,6 +23,7 @@ from ..compile import tables as T
 from ..compile.addrmap import _MUL, _MUL2, hash4, hash6
 from ..config import BLOCK_PACKETS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
+from .llvm_hints import select_unpredictable
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
                      _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, MALFORMED, NO_RANK,
@@ -194,7 +195,7 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                                 mid = base + half
                                 mh = U64[o_v6_hi + mid]
                                 le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
-                                base += half * le
+                                base += select_unpredictable(le, half, 0)
                                 m -= half
                             r = I[o_v6_rank + base]
                             if r < best:

@@ -22,6 +22,7 @@ from ..compile.policy import FRAG_KEY
 from ..compile import tables as T
 from ..compile.tables import SECTION
 from ..config import njit
+from .llvm_hints import select_unpredictable
 
 NO_RANK = 0x7FFFFFFF
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -54,16 +55,21 @@ _PD_PROTO_SLOT = SECTION["pd_proto_slot"]
 def le_position(A, base, m, x):
     """Position of the last of the ``m`` sorted keys ``A[base:base + m]`` that is <= ``x``
     (the first key is a table's least value and always <= x): halve down to 16 keys, then
-    count the keys <= x in one contiguous run (branch-free, vectorised), which takes fewer
-    dependent loads than a binary search.  Inlined: arrays in, no call, no refcount."""
+    count the keys <= x in one contiguous run (vectorised), which takes fewer dependent
+    loads than a binary search.  Each halving step is a compare and a conditional move
+    (``select_unpredictable``: LLVM would otherwise make it a branch that random keys
+    mispredict half the time), and indexes are unsigned (numba adds a negative-index fix-up
+    to every signed one, which also keeps the count from vectorising).  Inlined: arrays in,
+    no call, no refcount."""
+    at = np.uint64(base)
     while m > 16:
         half = m >> 1
-        base += half * (A[base + half] <= x)
+        at += np.uint64(select_unpredictable(A[at + np.uint64(half)] <= x, half, 0))
         m -= half
     cnt = 0
     for q in range(1, m):
-        cnt += A[base + q] <= x
-    return base + cnt
+        cnt += A[at + np.uint64(q)] <= x
+    return np.int64(at) + cnt
 
 
 @njit(inline=True)
@@ -105,7 +111,7 @@ def le_position6(U64, o_hi, o_lo, base, m, hi, lo):
         mid = base + half
         mh = U64[o_hi + mid]
         le = (mh < hi) | ((mh == hi) & (U64[o_lo + mid] <= lo))
-        base += half * le
+        base += select_unpredictable(le, half, 0)
         m -= half
     return base
 

@@ -37,7 +37,7 @@ from numba import prange
 
 from ..config import njit
 from ..schema import STATUS_IP, STATUS_NON_IP, TCP_RST
-from .prefetch import prefetch
+from .llvm_hints import prefetch
 from .check import addr_value, rules_check, section_offsets
 from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED, port_key
 

@@ -59,17 +59,18 @@ def addr_value(I, U64, offs, shift4, shift6, ver, hi, lo):
         o_addr4 = offs[OFF_ADDR4]
         a = np.uint32(lo)
         h = np.int64(hash4(a, shift4))
-        e = U64[o_addr4 + h]
+        e = U64[np.uint64(o_addr4 + h)]
         while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
             h = (h + 1) & mask4
-            e = U64[o_addr4 + h]
+            e = U64[np.uint64(o_addr4 + h)]
         return np.int64(np.int32(np.uint32(e & _LOW32)))
     mask6 = (np.int64(1) << (64 - shift6)) - 1
     o_hi, o_lo, o_val = offs[OFF_ADDR6_HI], offs[OFF_ADDR6_LO], offs[OFF_ADDR6_VAL]
     h = np.int64(hash6(hi, lo, shift6))
-    while I[o_val + h] != -1 and (U64[o_hi + h] != hi or U64[o_lo + h] != lo):
+    while I[np.uint64(o_val + h)] != -1 and (U64[np.uint64(o_hi + h)] != hi
+                                             or U64[np.uint64(o_lo + h)] != lo):
         h = (h + 1) & mask6
-    return np.int64(I[o_val + h])
+    return np.int64(I[np.uint64(o_val + h)])
 
 
 @njit(inline=True)
@@ -86,7 +87,7 @@ def rules_check(I, U32, U64, U8, offs, inst, direction, ver, proto, key, peer_hi
     instance holds; the least rank names the deciding rule, none means the order's default.
     """
     irec = offs[OFF_INST] + inst * T.INST_STRIDE
-    pd = I[irec + T.INST_POLICY] * 2 + direction
+    pd = I[np.uint64(irec + T.INST_POLICY)] * 2 + direction
     prec = offs[OFF_PD] + pd * T.PD_STRIDE
     srec = slot_record(I, U8, offs[OFF_SLOT], offs[OFF_PROTO_SLOT], prec, pd, proto)
     peer_inst = group_peer(I, offs[OFF_INST], irec, peer_val)
@@ -94,39 +95,39 @@ def rules_check(I, U32, U64, U8, offs, inst, direction, ver, proto, key, peer_hi
     for part in range(2):
         c = -1
         if part == 0:
-            c = I[srec + T.SLOT_WILD]
+            c = I[np.uint64(srec + T.SLOT_WILD)]
         else:
-            m = I[srec + T.SLOT_PT_LEN]
+            m = I[np.uint64(srec + T.SLOT_PT_LEN)]
             if m > 0:
                 o_pt_key = offs[OFF_PT_KEY]
-                at = le_position(I, o_pt_key + I[srec + T.SLOT_PT_START], m, key)
-                c = I[offs[OFF_PT_CLASS] - o_pt_key + at]
+                at = le_position(I, o_pt_key + I[np.uint64(srec + T.SLOT_PT_START)], m, key)
+                c = I[np.uint64(offs[OFF_PT_CLASS] - o_pt_key + at)]
         if c < 0:
             continue
         crec = offs[OFF_CLS] + c * T.CLS_STRIDE
         # class c: interval table of the peer's IP version
         if ver == 4:
-            m = I[crec + T.CLS_V4_LEN]
+            m = I[np.uint64(crec + T.CLS_V4_LEN)]
             x = np.uint32(peer_lo)
             if 0 < m <= T.CLS_INLINE:     # the table sits in the record itself
                 cnt = 0
                 for q in range(1, m):
-                    cnt += np.uint32(I[crec + T.CLS_V4_INLINE_START + q]) <= x
-                r = I[crec + T.CLS_V4_INLINE_RANK + cnt]
+                    cnt += np.uint32(I[np.uint64(crec + T.CLS_V4_INLINE_START + q)]) <= x
+                r = I[np.uint64(crec + T.CLS_V4_INLINE_RANK + cnt)]
                 if r < best:
                     best = r
             elif m > 0:
                 o_v4_start = offs[OFF_V4_START]
-                at = le_position(U32, o_v4_start + I[crec + T.CLS_V4_START], m, x)
-                r = I[offs[OFF_V4_RANK] - o_v4_start + at]
+                at = le_position(U32, o_v4_start + I[np.uint64(crec + T.CLS_V4_START)], m, x)
+                r = I[np.uint64(offs[OFF_V4_RANK] - o_v4_start + at)]
                 if r < best:
                     best = r
         else:
-            m = I[crec + T.CLS_V6_LEN]
+            m = I[np.uint64(crec + T.CLS_V6_LEN)]
             if m > 0:
-                at = le_position6(U64, offs[OFF_V6_HI], offs[OFF_V6_LO], I[crec + T.CLS_V6_START],
-                                  m, peer_hi, peer_lo)
-                r = I[offs[OFF_V6_RANK] + at]
+                at = le_position6(U64, offs[OFF_V6_HI], offs[OFF_V6_LO],
+                                  I[np.uint64(crec + T.CLS_V6_START)], m, peer_hi, peer_lo)
+                r = I[np.uint64(offs[OFF_V6_RANK] + at)]
                 if r < best:
                     best = r
         # group-peer rules by rank: the first whose group the peer holds decides

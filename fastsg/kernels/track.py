@@ -150,10 +150,11 @@ def _find(slots, base, size, hi, lo, kw):
     """Slot index (absolute) of the key, or -1.  Probes past tombstones."""
     h = home_slot(hi, lo, kw, size)
     for _ in range(size):
-        w2 = slots[base + h, 2]
+        r = np.uint64(base + h)         # unsigned: no negative-index fix-up
+        w2 = slots[r, 2]
         if w2 == 0:
             return -1
-        if (w2 & OCC) and (w2 & KEY_MASK) == kw and slots[base + h, 1] == lo and slots[base + h, 0] == hi:
+        if (w2 & OCC) and (w2 & KEY_MASK) == kw and slots[r, 1] == lo and slots[r, 0] == hi:
             return base + h
         h += 1
         if h == size:
@@ -166,7 +167,7 @@ def _free_slot(slots, base, size, hi, lo, kw):
     """Where a new key goes: the first tombstone or empty slot on its probe path (the
     caller keeps the load under 3/4, so there is one)."""
     h = home_slot(hi, lo, kw, size)
-    while slots[base + h, 2] & OCC:
+    while slots[np.uint64(base + h), 2] & OCC:
         h += 1
         if h == size:
             h = 0
@@ -244,20 +245,22 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
     ts = p.ts
     while k < end:
         i = order[k] if by_order else k
+        iu = np.uint64(i)                # unsigned: numba adds no negative-index fix-up
         if by_clock:
-            now = clock[i]
+            now = clock[iu]
         else:
-            now = ts[i] if ts[i] > running else running
+            now = ts[iu] if ts[iu] > running else running
         while fill < end and fill <= k + lookahead:
             j = order[fill] if by_order else fill
-            if p.status[j] == STATUS_IP:
-                src_val[j] = addr_value(I, U64, offs, shift4, shift6, p.ipver[j], p.src_hi[j],
-                                        p.src_lo[j])
-                dst_val[j] = addr_value(I, U64, offs, shift4, shift6, p.ipver[j], p.dst_hi[j],
-                                        p.dst_lo[j])
+            ju = np.uint64(j)
+            if p.status[ju] == STATUS_IP:
+                src_val[ju] = addr_value(I, U64, offs, shift4, shift6, p.ipver[ju],
+                                         p.src_hi[ju], p.src_lo[ju])
+                dst_val[ju] = addr_value(I, U64, offs, shift4, shift6, p.ipver[ju],
+                                         p.dst_hi[ju], p.dst_lo[ju])
             else:
-                src_val[j] = -1
-                dst_val[j] = -1
+                src_val[ju] = -1
+                dst_val[ju] = -1
             fill += 1
         if lookahead > 0 and k + lookahead < end:
             j = order[k + lookahead] if by_order else k + lookahead
@@ -271,24 +274,24 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 if dst_val[j] >= 0:
                     _touch(flat, part_base, part_size, np.int64(dst_val[j]),
                            p.ipver[j], jp, jdp, jsp, p.src_hi[j], p.src_lo[j])
-        st = p.status[i]
+        st = p.status[iu]
         if st != STATUS_IP:
-            verdict[i] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
-            egress_rule[i] = -1
-            ingress_rule[i] = -1
+            verdict[iu] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
+            egress_rule[iu] = -1
+            ingress_rule[iu] = -1
             running = now
             k += 1
             continue
-        sv = np.int64(src_val[i])
-        dv = np.int64(dst_val[i])
+        sv = np.int64(src_val[iu])
+        dv = np.int64(dst_val[iu])
         if sv < 0 and dv < 0:
-            verdict[i] = UNMANAGED
-            egress_rule[i] = -1
-            ingress_rule[i] = -1
+            verdict[iu] = UNMANAGED
+            egress_rule[iu] = -1
+            ingress_rule[iu] = -1
             running = now
             k += 1
             continue
-        frag = p.frag[i]
+        frag = p.frag[iu]
         if frag == 0:
             # room for two inserts in each partition this packet may insert into: grow
             # a partition about to pass 3/4 load into this shard's free arena space
@@ -297,31 +300,32 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 if val < 0:
                     continue
                 q = (val >> 1) & (NPART - 1)
-                if (part_used[q] + 2) * 4 <= part_size[q] * 3:
+                if (part_used[np.uint64(q)] + 2) * 4 <= part_size[np.uint64(q)] * 3:
                     continue
-                new_size = grown_size(part_used[q])
+                new_size = grown_size(part_used[np.uint64(q)])
                 if free_hi[sh] - free_lo[sh] < new_size:
                     stop_part[sh] = q           # out of room: the wrapper makes more
                     break
-                base = part_base[q]
-                size = part_size[q]
+                base = part_base[np.uint64(q)]
+                size = part_size[np.uint64(q)]
                 nb = free_lo[sh]
-                part_used[q] = _rehash(slots[base:base + size], slots[nb:nb + new_size], q,
-                                       now, timeouts, stored)
+                part_used[np.uint64(q)] = _rehash(slots[base:base + size],
+                                                  slots[nb:nb + new_size], q, now, timeouts,
+                                                  stored)
                 slots[base:base + size] = 0     # the old region is garbage now
-                part_base[q] = nb
-                part_size[q] = new_size
+                part_base[np.uint64(q)] = nb
+                part_size[np.uint64(q)] = new_size
                 free_lo[sh] = nb + new_size
                 grows[sh] += 1
             if stop_part[sh] >= 0:
                 break
-        proto = np.int64(p.proto[i])
-        ver = p.ipver[i]
-        itype = p.icmp_type[i]
-        key = port_key(proto, p.dport[i], itype, p.icmp_code[i], frag)
-        sp, dp = flow_ports(proto, itype, p.sport[i], p.dport[i], p.icmp_id[i])
-        rst = proto == 6 and (p.tcp_flags[i] & TCP_RST) != 0
-        emb_ok = p.emb_valid[i] != 0 and is_icmp_error(proto, itype)
+        proto = np.int64(p.proto[iu])
+        ver = p.ipver[iu]
+        itype = p.icmp_type[iu]
+        key = port_key(proto, p.dport[iu], itype, p.icmp_code[iu], frag)
+        sp, dp = flow_ports(proto, itype, p.sport[iu], p.dport[iu], p.icmp_id[iu])
+        rst = proto == 6 and (p.tcp_flags[iu] & TCP_RST) != 0
+        emb_ok = p.emb_valid[iu] != 0 and is_icmp_error(proto, itype)
         v = ACCEPT
         eg = np.int64(-1)
         ig = np.int64(-1)
@@ -332,8 +336,8 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 val = sv
                 xport = sp
                 pport = dp
-                peer_hi = p.dst_hi[i]
-                peer_lo = p.dst_lo[i]
+                peer_hi = p.dst_hi[iu]
+                peer_lo = p.dst_lo[iu]
                 peer_val = dv
             else:
                 if dv < 0 or v != ACCEPT:
@@ -341,8 +345,8 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 val = dv
                 xport = dp
                 pport = sp
-                peer_hi = p.src_hi[i]
-                peer_lo = p.src_lo[i]
+                peer_hi = p.src_hi[iu]
+                peer_lo = p.src_lo[iu]
                 peer_val = sv
             egress = side == 0
             inst = val >> 1
@@ -357,42 +361,43 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             if frag == 0:
                 xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
                 part = inst & (NPART - 1)
-                base = part_base[part]
-                size = part_size[part]
+                base = part_base[np.uint64(part)]
+                size = part_size[np.uint64(part)]
                 kw = key_word(inst, xsel, proto, xport, pport)
                 # -- own flow
                 s = _find(slots, base, size, peer_hi, peer_lo, kw)
                 if s >= 0:
-                    w2 = slots[s, 2]
-                    if np.int64(slots[s, 3]) + timeout_of(proto, w2, timeouts) >= now:
+                    w2 = slots[np.uint64(s), 2]
+                    if np.int64(slots[np.uint64(s), 3]) + timeout_of(proto, w2, timeouts) >= now:
                         hit = True
-                        slots[s, 3] = np.uint64(now)
+                        slots[np.uint64(s), 3] = np.uint64(now)
                         if proto == 17 and ((w2 & INBOUND) != 0) == egress:
-                            slots[s, 2] = w2 | STREAM
+                            slots[np.uint64(s), 2] = w2 | STREAM
                         if rst:
-                            slots[s, 2] = TOMB
-                            stored[inst] -= 1
+                            slots[np.uint64(s), 2] = TOMB
+                            stored[np.uint64(inst)] -= 1
                         cr = RULE_CONNTRACK
                 # -- RELATED: an ICMP error quoting a live flow, either orientation
                 if not hit and emb_ok:
-                    e_proto = np.int64(p.emb_proto[i])
-                    esp, edp = quoted_ports(e_proto, p.emb_sport[i], p.emb_dport[i])
+                    e_proto = np.int64(p.emb_proto[iu])
+                    esp, edp = quoted_ports(e_proto, p.emb_sport[iu], p.emb_dport[iu])
                     for orient in range(2):
                         if hit:
                             break
                         if orient == 0:
-                            a_hi, a_lo, a_port = p.emb_src_hi[i], p.emb_src_lo[i], esp
-                            b_hi, b_lo, b_port = p.emb_dst_hi[i], p.emb_dst_lo[i], edp
+                            a_hi, a_lo, a_port = p.emb_src_hi[iu], p.emb_src_lo[iu], esp
+                            b_hi, b_lo, b_port = p.emb_dst_hi[iu], p.emb_dst_lo[iu], edp
                         else:
-                            a_hi, a_lo, a_port = p.emb_dst_hi[i], p.emb_dst_lo[i], edp
-                            b_hi, b_lo, b_port = p.emb_src_hi[i], p.emb_src_lo[i], esp
+                            a_hi, a_lo, a_port = p.emb_dst_hi[iu], p.emb_dst_lo[iu], edp
+                            b_hi, b_lo, b_port = p.emb_src_hi[iu], p.emb_src_lo[iu], esp
                         for j in range(3):
-                            if inst_addr_ver[inst, j] == ver and inst_addr_hi[inst, j] == a_hi \
-                                    and inst_addr_lo[inst, j] == a_lo:
+                            ui = np.uint64(inst)
+                            if inst_addr_ver[ui, j] == ver and inst_addr_hi[ui, j] == a_hi \
+                                    and inst_addr_lo[ui, j] == a_lo:
                                 s2 = _find(slots, base, size, b_hi, b_lo,
                                            key_word(inst, j, e_proto, a_port, b_port))
-                                if s2 >= 0 and np.int64(slots[s2, 3]) + timeout_of(
-                                        e_proto, slots[s2, 2], timeouts) >= now:
+                                if s2 >= 0 and np.int64(slots[np.uint64(s2), 3]) + timeout_of(
+                                        e_proto, slots[np.uint64(s2), 2], timeouts) >= now:
                                     hit = True
                                     cr = RULE_RELATED
             if not hit:
@@ -402,16 +407,16 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                 k2 = np.uint64(0)
                 found = False
                 if rules_ready:
-                    cv = (np.int64(rules_v[i]) >> (2 * side)) & 3
-                    cr = np.int64(egress_rule[i] if side == 0 else ingress_rule[i])
+                    cv = (np.int64(rules_v[iu]) >> (2 * side)) & 3
+                    cr = np.int64(egress_rule[iu] if side == 0 else ingress_rule[iu])
                     found = True
                 elif ver == 4 and cache_bits > 0:
-                    k1 = (p.src_lo[i] << np.uint64(32)) | p.dst_lo[i]
+                    k1 = (p.src_lo[iu] << np.uint64(32)) | p.dst_lo[iu]
                     k2 = (np.uint64(2 + side) << np.uint64(40)) \
                         | (np.uint64(proto) << np.uint64(20)) | np.uint64(key)
                     slot4 = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
-                    if rcache[slot4] == k1 and rcache[slot4 + 1] == k2:
-                        packed = rcache[slot4 + 2]
+                    if rcache[np.uint64(slot4)] == k1 and rcache[np.uint64(slot4 + 1)] == k2:
+                        packed = rcache[np.uint64(slot4 + 2)]
                         cv = np.int64(packed & np.uint64(15))
                         cr = np.int64(packed >> np.uint64(4))
                         found = True
@@ -419,47 +424,48 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     cv, cr = rules_check(I, U32, U64, U8, offs, inst, 1 if egress else 0, ver,
                                          proto, key, peer_hi, peer_lo, peer_val)
                     if slot4 >= 0:
-                        rcache[slot4] = k1
-                        rcache[slot4 + 1] = k2
-                        rcache[slot4 + 2] = np.uint64(cv) | (np.uint64(cr) << np.uint64(4))
+                        rcache[np.uint64(slot4)] = k1
+                        rcache[np.uint64(slot4 + 1)] = k2
+                        rcache[np.uint64(slot4 + 2)] = np.uint64(cv) \
+                            | (np.uint64(cr) << np.uint64(4))
                 if frag == 0 and cv == ACCEPT:
-                    if stored[inst] >= capacity:
-                        if now > next_exp[inst] and size > 0:
-                            next_exp[inst] = _sweep(slots, base, size, inst, part, now,
+                    if stored[np.uint64(inst)] >= capacity:
+                        if now > next_exp[np.uint64(inst)] and size > 0:
+                            next_exp[np.uint64(inst)] = _sweep(slots, base, size, inst, part, now,
                                                     timeouts, stored)
-                            if s >= 0 and (slots[s, 2] & OCC) == 0:
+                            if s >= 0 and (slots[np.uint64(s), 2] & OCC) == 0:
                                 s = -1           # the sweep purged this key's expired entry
-                    if stored[inst] >= capacity:
+                    if stored[np.uint64(inst)] >= capacity:
                         cv = DROP
                         cr = RULE_FULL
                     elif rst:
                         if s >= 0:               # an expired entry of this key ends too
-                            slots[s, 2] = TOMB
-                            stored[inst] -= 1
+                            slots[np.uint64(s), 2] = TOMB
+                            stored[np.uint64(inst)] -= 1
                     else:
                         state = kw | OCC
                         if not egress:
                             state |= INBOUND
                         if s < 0:
                             s = _free_slot(slots, base, size, peer_hi, peer_lo, kw)
-                            if slots[s, 2] == 0:
-                                part_used[part] += 1
-                            stored[inst] += 1
-                            slots[s, 0] = peer_hi
-                            slots[s, 1] = peer_lo
-                        slots[s, 2] = state
-                        slots[s, 3] = np.uint64(now)
+                            if slots[np.uint64(s), 2] == 0:
+                                part_used[np.uint64(part)] += 1
+                            stored[np.uint64(inst)] += 1
+                            slots[np.uint64(s), 0] = peer_hi
+                            slots[np.uint64(s), 1] = peer_lo
+                        slots[np.uint64(s), 2] = state
+                        slots[np.uint64(s), 3] = np.uint64(now)
                         exp = now + timeout_of(proto, state, timeouts)
-                        if exp < next_exp[inst]:
-                            next_exp[inst] = exp
+                        if exp < next_exp[np.uint64(inst)]:
+                            next_exp[np.uint64(inst)] = exp
             v = cv
             if side == 0:
                 eg = cr
             else:
                 ig = cr
-        verdict[i] = v
-        egress_rule[i] = eg
-        ingress_rule[i] = ig
+        verdict[iu] = v
+        egress_rule[iu] = eg
+        ingress_rule[iu] = ig
         running = now
         k += 1
     pos[sh] = k

@@ -57,59 +57,60 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
     cache_shift = np.uint64(64 - cache_bits)
     cache = np.zeros(4 << cache_bits, np.uint64)
     for i in range(lo, hi):
-        st = status[i]
+        iu = np.uint64(i)            # unsigned indexes: see lookup.py
+        st = status[iu]
         if st != STATUS_IP:
-            verdict[i] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
-            egress_rule[i] = -1
-            ingress_rule[i] = -1
-            src_val[i] = -1
-            dst_val[i] = -1
+            verdict[iu] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
+            egress_rule[iu] = -1
+            ingress_rule[iu] = -1
+            src_val[iu] = -1
+            dst_val[iu] = -1
             continue
-        ver = ipver[i]
-        key = port_key(proto[i], dport[i], icmp_type[i], icmp_code[i], frag[i])
+        ver = ipver[iu]
+        key = port_key(proto[iu], dport[iu], icmp_type[iu], icmp_code[iu], frag[iu])
         slot3 = -1
         k1 = np.uint64(0)
         k2 = np.uint64(0)
         if ver == 4 and cache_bits > 0 and mode != MODE_ADDRESSES:
-            k1 = (src_lo[i] << np.uint64(32)) | dst_lo[i]
-            k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[i]) << np.uint64(20)) | np.uint64(key)
+            k1 = (src_lo[iu] << np.uint64(32)) | dst_lo[iu]
+            k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[iu]) << np.uint64(20)) | np.uint64(key)
             slot3 = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift)
-            if cache[slot3] == k1 and cache[slot3 + 1] == k2:
-                packed = cache[slot3 + 2]
-                verdict[i] = np.uint8(packed & np.uint64(15))
-                egress_rule[i] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
-                ingress_rule[i] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
-                vals = cache[slot3 + 3]
-                src_val[i] = np.int32(np.int64(vals & _LOW32) - 1)
-                dst_val[i] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
+            if cache[np.uint64(slot3)] == k1 and cache[np.uint64(slot3 + 1)] == k2:
+                packed = cache[np.uint64(slot3 + 2)]
+                verdict[iu] = np.uint8(packed & np.uint64(15))
+                egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
+                ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+                vals = cache[np.uint64(slot3 + 3)]
+                src_val[iu] = np.int32(np.int64(vals & _LOW32) - 1)
+                dst_val[iu] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
                 continue
         # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
         s_val = -1
         d_val = -1
         for side in range(2):
-            hi = src_hi[i] if side == 0 else dst_hi[i]
-            lo = src_lo[i] if side == 0 else dst_lo[i]
+            hi = src_hi[iu] if side == 0 else dst_hi[iu]
+            lo = src_lo[iu] if side == 0 else dst_lo[iu]
             if ver == 4:
                 a = np.uint32(lo)
                 h = np.int64(hash4(a, shift4))
-                e = U64[o_addr4 + h]
+                e = U64[np.uint64(o_addr4 + h)]
                 while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
                     h = (h + 1) & mask4
-                    e = U64[o_addr4 + h]
+                    e = U64[np.uint64(o_addr4 + h)]
                 val = np.int64(np.int32(np.uint32(e & _LOW32)))
             else:
                 h = np.int64(hash6(hi, lo, shift6))
-                while I[o_addr6_val + h] != -1 and (U64[o_addr6_hi + h] != hi
-                                                    or U64[o_addr6_lo + h] != lo):
+                while I[np.uint64(o_addr6_val + h)] != -1 and (U64[np.uint64(o_addr6_hi + h)] != hi
+                                                    or U64[np.uint64(o_addr6_lo + h)] != lo):
                     h = (h + 1) & mask6
-                val = np.int64(I[o_addr6_val + h])
+                val = np.int64(I[np.uint64(o_addr6_val + h)])
             if side == 0:
                 s_val = val
             else:
                 d_val = val
         if mode == MODE_ADDRESSES:
-            src_val[i] = np.int32(s_val)
-            dst_val[i] = np.int32(d_val)
+            src_val[iu] = np.int32(s_val)
+            dst_val[iu] = np.int32(d_val)
             continue
         v = UNMANAGED
         eg = -1
@@ -125,21 +126,21 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                         continue
                     inst = s_val >> 1
                     direction = 1
-                    peer_hi = dst_hi[i]
-                    peer_lo = dst_lo[i]
+                    peer_hi = dst_hi[iu]
+                    peer_lo = dst_lo[iu]
                     peer_val = d_val
                 else:
                     if d_val < 0 or (v != ACCEPT and mode == MODE_STATELESS):
                         continue
                     inst = d_val >> 1
                     direction = 0
-                    peer_hi = src_hi[i]
-                    peer_lo = src_lo[i]
+                    peer_hi = src_hi[iu]
+                    peer_lo = src_lo[iu]
                     peer_val = s_val
                 irec = o_inst + inst * T.INST_STRIDE
-                pd = I[irec + T.INST_POLICY] * 2 + direction
+                pd = I[np.uint64(irec + T.INST_POLICY)] * 2 + direction
                 prec = o_pd + pd * T.PD_STRIDE
-                pr = proto[i]
+                pr = proto[iu]
                 # inline slot records follow tables.PD_INLINE_PROTOCOLS = (6, 17, 1, 58)
                 if pr == 6:
                     srec = prec + T.PD_INLINE
@@ -150,72 +151,74 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                 elif pr == 58:
                     srec = prec + T.PD_INLINE + 9
                 else:
-                    srec = o_slot + (I[prec + T.PD_SLOT_START] + U8[o_proto_slot + pd * 256 + pr]) * T.SLOT_STRIDE
+                    srec = o_slot + (I[np.uint64(prec + T.PD_SLOT_START)]
+                                     + U8[np.uint64(o_proto_slot + pd * 256 + pr)]) * T.SLOT_STRIDE
                 # group peers: private addresses of running instances in the same region
                 peer_inst = -1
                 if peer_val >= 0 and (peer_val & 1) == 0:
                     peer_inst = peer_val >> 1
-                    if I[o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION] != I[irec + T.INST_REGION]:
+                    peer_region = I[np.uint64(o_inst + peer_inst * T.INST_STRIDE + T.INST_REGION)]
+                    if peer_region != I[np.uint64(irec + T.INST_REGION)]:
                         peer_inst = -1
                 best = NO_RANK
                 for part in range(2):
                     c = -1
                     if part == 0:
-                        c = I[srec + T.SLOT_WILD]
+                        c = I[np.uint64(srec + T.SLOT_WILD)]
                     else:
-                        m = I[srec + T.SLOT_PT_LEN]
+                        m = I[np.uint64(srec + T.SLOT_PT_LEN)]
                         if m > 0:
-                            at = le_position(I, o_pt_key + I[srec + T.SLOT_PT_START], m, key)
-                            c = I[o_pt_class - o_pt_key + at]
+                            at = le_position(I, o_pt_key + I[np.uint64(srec + T.SLOT_PT_START)], m, key)
+                            c = I[np.uint64(o_pt_class - o_pt_key + at)]
                     if c < 0:
                         continue
                     crec = o_cls + c * T.CLS_STRIDE
                     # class c: interval table of the peer's IP version
                     if ver == 4:
-                        m = I[crec + T.CLS_V4_LEN]
+                        m = I[np.uint64(crec + T.CLS_V4_LEN)]
                         x = np.uint32(peer_lo)
                         if 0 < m <= T.CLS_INLINE:     # the table sits in the record itself
                             cnt = 0
                             for q in range(1, m):
-                                cnt += np.uint32(I[crec + T.CLS_V4_INLINE_START + q]) <= x
-                            r = I[crec + T.CLS_V4_INLINE_RANK + cnt]
+                                cnt += np.uint32(I[np.uint64(crec + T.CLS_V4_INLINE_START + q)]) <= x
+                            r = I[np.uint64(crec + T.CLS_V4_INLINE_RANK + cnt)]
                             if r < best:
                                 best = r
                         elif m > 0:
-                            at = le_position(U32, o_v4_start + I[crec + T.CLS_V4_START], m, x)
-                            r = I[o_v4_rank - o_v4_start + at]
+                            at = le_position(U32, o_v4_start + I[np.uint64(crec + T.CLS_V4_START)], m, x)
+                            r = I[np.uint64(o_v4_rank - o_v4_start + at)]
                             if r < best:
                                 best = r
                     else:
-                        m = I[crec + T.CLS_V6_LEN]
+                        m = I[np.uint64(crec + T.CLS_V6_LEN)]
                         if m > 0:
-                            base = I[crec + T.CLS_V6_START]
+                            base = I[np.uint64(crec + T.CLS_V6_START)]
                             while m > 1:
                                 half = m >> 1
                                 mid = base + half
-                                mh = U64[o_v6_hi + mid]
-                                le = (mh < peer_hi) | ((mh == peer_hi) & (U64[o_v6_lo + mid] <= peer_lo))
+                                mh = U64[np.uint64(o_v6_hi + mid)]
+                                le = (mh < peer_hi) | ((mh == peer_hi) & (U64[np.uint64(o_v6_lo + mid)] <= peer_lo))
                                 base += select_unpredictable(le, half, 0)
                                 m -= half
-                            r = I[o_v6_rank + base]
+                            r = I[np.uint64(o_v6_rank + base)]
                             if r < best:
                                 best = r
                     # group-peer rules by rank: the first whose group the peer holds decides
-                    m = I[crec + T.CLS_GRP_LEN]
+                    m = I[np.uint64(crec + T.CLS_GRP_LEN)]
                     if m > 0 and peer_inst >= 0:
-                        g0 = I[crec + T.CLS_GRP_START]
+                        g0 = I[np.uint64(crec + T.CLS_GRP_START)]
                         prec_i = o_inst + peer_inst * T.INST_STRIDE
-                        gbase = o_inst_groups + I[prec_i + T.INST_GROUPS_START]
-                        ng = I[prec_i + T.INST_NGROUPS]
+                        gbase = o_inst_groups + I[np.uint64(prec_i + T.INST_GROUPS_START)]
+                        ng = I[np.uint64(prec_i + T.INST_NGROUPS)]
                         for k in range(g0, g0 + m):
                             grec = o_grp + k * T.GRP_STRIDE
-                            r = I[grec + T.GRP_RANK]
+                            r = I[np.uint64(grec + T.GRP_RANK)]
                             if r >= best:
                                 break
-                            g = I[grec + T.GRP_GROUP]
+                            g = I[np.uint64(grec + T.GRP_GROUP)]
                             hit = False
                             for q in range(ng):
-                                if I[gbase + q] == g:
+                                if I[np.uint64(gbase + q)] == g:
                                     hit = True
                                     break
                             if hit:
@@ -230,17 +233,17 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                     iv = v
         if mode == MODE_BOTH:
             v = ev | (iv << 2)
-        verdict[i] = v
-        src_val[i] = np.int32(s_val)
-        dst_val[i] = np.int32(d_val)
-        egress_rule[i] = eg
-        ingress_rule[i] = ig
+        verdict[iu] = v
+        src_val[iu] = np.int32(s_val)
+        dst_val[iu] = np.int32(d_val)
+        egress_rule[iu] = eg
+        ingress_rule[iu] = ig
         if slot3 >= 0:
-            cache[slot3] = k1
-            cache[slot3 + 1] = k2
-            cache[slot3 + 2] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
+            cache[np.uint64(slot3)] = k1
+            cache[np.uint64(slot3 + 1)] = k2
+            cache[np.uint64(slot3 + 2)] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
                                 | (np.uint64(ig + 1) << np.uint64(34)))
-            cache[slot3 + 3] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
+            cache[np.uint64(slot3 + 3)] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
 
 
 @njit(parallel=True)

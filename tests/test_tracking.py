@@ -446,6 +446,15 @@ def test_conntrack_full_then_freed_by_expiry():
             (A, C_EG, None), (D, FULL, None)])
 
 
+def test_full_table_of_the_same_keys_expired_entry_is_swept_and_reused():
+    # i-c's only flow (capacity 1) expires; the same flow's next packet finds the table
+    # full of that expired entry: the sweep purges it and the flow goes in again, in the
+    # slot the sweep freed (the one its lookup had found)
+    q = pkt(C, EXT, UDP, sport=1, dport=53, t=0)
+    expect(world(capacity=1), [q, pkt(C, EXT, UDP, sport=1, dport=53, t=10), reply(q, t=11)],
+           [(A, C_EG, None), (A, C_EG, None), (A, None, CT)])
+
+
 def test_conntrack_full_at_ingress():
     expect(world(capacity=1),
            [pkt(EXT, S, sport=1, t=0), pkt(C, S, sport=2, t=0)],

@@ -399,8 +399,6 @@ def _draw_rules(rng, plan: _Plan, sizes, n_in, deny_share, group_peer_share, ipv
     if n == 0:
         return []
     rg = np.repeat(np.arange(len(sizes)), sizes)
-    pos = np.arange(n) - np.concatenate(([0], np.cumsum(sizes)))[rg]
-    egress = pos >= n_in[rg]
     # action: 0 allow, 1 deny, 2 reject
     act = np.where(rng.random(n) < deny_share, np.where(rng.random(n) < 0.8, 1, 2), 0)
     proto, plo, phi, ity, ico = _draw_matches(rng, plan, rg, act)

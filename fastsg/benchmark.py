@@ -199,7 +199,9 @@ class Measurement:
     """One measured quantity: every repeat's wall time in seconds (``samples``).
 
     ``packets`` (packets handled per sample) makes it a throughput; ``ratios`` maps a
-    baseline label to how many times faster this is than that baseline (median vs median).
+    baseline label to how many times faster this is than that baseline: median vs median,
+    or, for two measurements timed round-robin in one ``time_interleaved`` call, the median
+    of the per-round ratios (``paired_speedup``).
     """
     scenario: str
     engine: str
@@ -293,7 +295,10 @@ class Report:
                 "times": "seconds of wall time per repeat; median_s is reported, min_s/max_s are the spread",
                 "mpps": "packets / median_s / 1e6 (mpps_min/mpps_max from the slowest/fastest repeat)",
                 "ratio_to_baseline": "baseline label -> how many times faster this measurement is "
-                                     "than that baseline (median vs median, same run, same packets)",
+                                     "than that baseline (same run, same packets): for two "
+                                     "measurements timed round-robin (order, state, logging) the "
+                                     "median over rounds of the ratio of that round's times; "
+                                     "otherwise median vs median",
             },
             "scenarios": [s.to_dict() for s in self.scenarios],
             "measurements": [m.to_dict() for s in self.scenarios for m in s.measurements],
@@ -403,6 +408,16 @@ def time_interleaved(fns: dict, repeats: int, min_seconds: float = 0.0) -> dict:
                 fn()
             samples[k].append((time.perf_counter() - t0) / calls[k])
     return samples
+
+
+def paired_speedup(m: "Measurement", base: "Measurement") -> float:
+    """How many times faster ``m`` is than ``base``, both timed round-robin by one
+    ``time_interleaved`` call: the median over rounds of base time / m time.  Calls of one
+    round run seconds apart, so a slow spell of the machine scales both alike and cancels
+    in their ratio; the ratio of two medians can pair a fast sample with a slow one."""
+    if len(m.samples) != len(base.samples) or not m.samples:
+        return base.median / m.median
+    return float(np.median(np.asarray(base.samples) / np.asarray(m.samples)))
 
 
 def _sized(per_item_s: float, target_s: float, lo: int, hi: int) -> int:
@@ -961,7 +976,7 @@ def _order_ratios(res: ScenarioResult) -> None:
         base = next(b for b in res.measurements if b.params["order"] == m.params["order"]
                     and b.params["deny_share"] == 0.0)
         if m is not base:
-            m.ratios["allow-only"] = m.mpps / base.mpps
+            m.ratios["allow-only"] = paired_speedup(m, base)
 
 
 def _order_table(res: ScenarioResult, plan: Plan) -> TableSpec:
@@ -978,8 +993,9 @@ def _order_table(res: ScenarioResult, plan: Plan) -> TableSpec:
                               if x.params["order"] == order))
         rows.append(row)
     cols = ["order", "allow-only Mpps", "10% deny", "Δ", "50% deny", "Δ", "refused 0/10/50"]
-    res.notes.append("same packets in every cell; Δ = Mpps change vs allow-only under the same "
-                     "order; refused = DROP+REJECT share of the packets at 0/10/50% deny rules")
+    res.notes.append("same packets in every cell, timed round-robin; Δ = speed change vs "
+                     "allow-only under the same order (median over rounds of the round's "
+                     "ratio); refused = DROP+REJECT share of the packets at 0/10/50% deny rules")
     return TableSpec(f"order: deny rules x combining order ({plan.order_rules:,} rules, "
                      f"{plan.order_packets:,} packets, {plan.threads} thr)", cols, rows,
                      (1, 2, 3, 4, 5, 6))
@@ -1469,8 +1485,8 @@ def _state_vs_stateless(ctx, res, threads) -> None:
                     "per_call": "reset_tracking() + classify: each call is a fresh stream"},
             extra={"verdicts": sf_counts, "refused_share": refused_share(sf_counts),
                    "tracking": stats, "verified_same_verdicts": same, "verified_threads": check}))
-        cost = sf.median / sl.median
-        sf.ratios["stateless"] = sl.median / sf.median
+        sf.ratios["stateless"] = paired_speedup(sf, sl)
+        cost = 1.0 / sf.ratios["stateless"]
         sf.extra.update(cost_ratio=cost, cost_target=STATE_COST_TARGET,
                         target_rules=STATE_TARGET_RULES,
                         meets_target=cost <= STATE_COST_TARGET if rules >= STATE_TARGET_RULES
@@ -1529,7 +1545,7 @@ def _state_live(ctx, res) -> None:
                              packets=len(steady), threads=1,
                              params={**params, "mode": "stateless", "reply_share": 0.5,
                                      "what": "the same packets, rules only"}))
-    sf.ratios["stateless"] = sl.median / sf.median
+    sf.ratios["stateless"] = paired_speedup(sf, sl)
     sf.extra["meets_mpps_target"] = sf.mpps >= LIVE_MPPS_TARGET if not scaled else None
 
 
@@ -1569,7 +1585,8 @@ def _state_tables(res: ScenarioResult, plan: Plan, threads) -> list:
                    f"{BYTES_PER_FLOW_TARGET} B/flow)",
                    ["pass", "packets", "time", "rate", "flows held", "B/flow"], rows,
                    (1, 2, 3, 4, 5))
-    res.notes.append("cost = stateful / stateless time per packet, same packets and threads; "
+    res.notes.append("cost = stateful / stateless time per packet, same packets and threads, "
+                     "timed round-robin (median over rounds of the round's ratio); "
                      "each stateful call is a fresh stream (reset_tracking, so its table "
                      "grows from empty), flow logs off; refused = DROP+REJECT share; "
                      "1=2 thr: stateful 1 vs 2 threads gave every packet the same verdict "
@@ -1655,8 +1672,8 @@ def _logging_cell(ctx, res, world, engines, rules, drop, mode) -> None:
             extra={"verdicts": counts, "refused_share": refused_share(counts),
                    "records": len(log), "logged_events": log.logged_events,
                    "skipped_packets": log.skipped_packets, "verified_same_verdicts": same}))
-        cost = m.median / m_off.median
-        m.ratios["flow-log-off"] = m_off.median / m.median
+        m.ratios["flow-log-off"] = paired_speedup(m, m_off)
+        cost = 1.0 / m.ratios["flow-log-off"]
         m.extra.update(cost_ratio=cost, overhead=cost - 1.0)
         if drop == LOG_TARGET_DROPS and variant == "kept-log":
             m.extra.update(overhead_target=LOG_COST_TARGET,
@@ -1680,7 +1697,8 @@ def _logging_table(res: ScenarioResult, plan: Plan) -> TableSpec:
     first = res.measurements[0]
     res.notes.append("cost = extra time per packet with the flow log (the world's settings: "
                      "drops logged, accepts not) vs without, same packets, fresh engines of the "
-                     "same mode, timed round-robin; kept log = one log across calls (a long "
+                     "same mode, timed round-robin (median over rounds of the round's ratio); "
+                     "kept log = one log across calls (a long "
                      "stream: events aggregate into records it holds; the target is judged "
                      "here); new log = a new log per call (every record created, plus the "
                      "log's per-stream setup); drops = target (DROP+REJECT share seen, "

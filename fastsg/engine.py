@@ -119,17 +119,24 @@ class Engine:
         the packets of earlier calls."""
         if not isinstance(batch, PacketBatch):
             raise TypeError(f"classify expects a PacketBatch, not {type(batch).__name__}")
+        nthreads = resolve_threads(threads if threads is not None else self.threads)
         with self._lock:
             compiled = self._compiler.refresh()
             if self.stateful:
                 self._sync_tracking(compiled)
-            result = self._classify(compiled, batch, threads)
-            self._counters.add(batch, result)
+            previous = numba.get_num_threads()
+            numba.set_num_threads(nthreads)
+            try:
+                result = self._classify(compiled, batch, nthreads)
+                self._counters.add(batch, result, nthreads)
+            finally:
+                numba.set_num_threads(previous)
             if self.flow_log is not None:
                 self.flow_log.add(batch, result)
             return result
 
-    def _classify(self, compiled: CompiledWorld, batch: PacketBatch, threads) -> Result:
+    def _classify(self, compiled: CompiledWorld, batch: PacketBatch, nthreads: int) -> Result:
+        """The kernels on ``nthreads`` threads (numba's thread count is set by the caller)."""
         n = len(batch)
         verdict = np.empty(n, np.uint8)
         egress_rule = np.empty(n, np.int32)
@@ -137,25 +144,21 @@ class Engine:
         src_val = np.empty(n, np.int32)
         dst_val = np.empty(n, np.int32)
         if n:
-            nthreads = resolve_threads(threads if threads is not None else self.threads)
-            previous = numba.get_num_threads()
-            numba.set_num_threads(nthreads)
-            try:
-                cols = batch.kernel_columns()
-                cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
-                if not self.stateful:
-                    classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_STATELESS,
-                                    verdict, egress_rule, ingress_rule, src_val, dst_val)
-                else:
-                    self._classify_tracked(compiled, cols, n, nthreads, cache_bits, verdict,
-                                           egress_rule, ingress_rule, src_val, dst_val)
-            finally:
-                numba.set_num_threads(previous)
-        # address-map values are instance * 2 + is_public
-        src_instance = np.right_shift(src_val, 1, out=src_val)
-        dst_instance = np.right_shift(dst_val, 1, out=dst_val)
+            cols = batch.kernel_columns()
+            cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
+            if not self.stateful:
+                classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_STATELESS,
+                                 verdict, egress_rule, ingress_rule, src_val, dst_val)
+            else:
+                self._classify_tracked(compiled, cols, n, nthreads, cache_bits, verdict,
+                                       egress_rule, ingress_rule, src_val, dst_val)
+        if self.stateful and n:
+            # the walk leaves address-map values, instance * 2 + is_public (the stateless
+            # kernel writes the instance indexes itself)
+            np.right_shift(src_val, 1, out=src_val)
+            np.right_shift(dst_val, 1, out=dst_val)
         return Result(verdict, egress_rule, ingress_rule, compiled.rule_names, compiled.revision,
-                      src_instance, dst_instance, compiled.instance_ids)
+                      src_val, dst_val, compiled.instance_ids)
 
     def _classify_tracked(self, compiled, cols, n, nthreads, cache_bits, verdict, egress_rule,
                           ingress_rule, src_val, dst_val) -> None:

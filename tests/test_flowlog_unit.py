@@ -421,6 +421,32 @@ def test_rule_counters_large_batch_and_growth():
     assert rc.packets.tolist() == exp_p.tolist() and rc.bytes.tolist() == exp_b.tolist()
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 4_799, 4_800, 4_801, 50_001])
+def test_rule_counters_split_over_threads_count_the_same(n):
+    # a batch long next to the counters is split over the threads (sizes around the
+    # threshold, and well past it)
+    import numba
+    rng = np.random.default_rng(n)
+    names = REASONS + tuple(f"r{i}" for i in range(296))
+    e = rng.integers(-1, len(names), n).astype(np.int32)
+    g = rng.integers(-1, len(names), n).astype(np.int32)
+    wl = rng.integers(40, 9000, n)
+    batch = PacketBatch.from_arrays(np.zeros(n, np.uint32), np.zeros(n, np.uint32),
+                                    np.full(n, 6), wirelen=wl)
+    res = Result(np.zeros(n, np.uint8), e, g, names, 0)
+    one, two = RuleCounters(), RuleCounters()
+    one.add(batch, res)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        two.add(batch, res, threads=2)
+        two.add(batch, res, threads=2)          # counts add up across calls
+    finally:
+        numba.set_num_threads(previous)
+    assert (two.packets == 2 * one.packets).all() and (two.bytes == 2 * one.bytes).all()
+    assert one.packets.sum() == int((e >= 0).sum() + (g >= 0).sum())
+
+
 # ---------------------------------------------------------------------------------------
 # against a plain reading of the contract, on random results
 # ---------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
     icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
     cache_shift = np.uint64(64 - cache_bits)
     cache = np.zeros(4 << cache_bits, np.uint64)
+    # MODE_STATELESS writes instance indexes (value >> 1: the caller's Result wants them,
+    # and a numpy pass over the columns afterwards is serial work); other modes the values
+    vshift = 1 if mode == MODE_STATELESS else 0
     for i in range(lo, hi):
         iu = np.uint64(i)            # unsigned indexes: see lookup.py
         st = status[iu]
@@ -81,8 +84,8 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                 egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
                 ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
                 vals = cache[np.uint64(slot3 + 3)]
-                src_val[iu] = np.int32(np.int64(vals & _LOW32) - 1)
-                dst_val[iu] = np.int32(np.int64(vals >> np.uint64(32)) - 1)
+                src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
+                dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
                 continue
         # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
         s_val = -1
@@ -234,8 +237,8 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
         if mode == MODE_BOTH:
             v = ev | (iv << 2)
         verdict[iu] = v
-        src_val[iu] = np.int32(s_val)
-        dst_val[iu] = np.int32(d_val)
+        src_val[iu] = np.int32(s_val >> vshift)
+        dst_val[iu] = np.int32(d_val >> vshift)
         egress_rule[iu] = eg
         ingress_rule[iu] = ig
         if slot3 >= 0:
@@ -253,8 +256,8 @@ def _classify_rules(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingr
     flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.
     Fills egress_rule int32[n] and ingress_rule int32[n] (-1 where the check did not
     happen), src_val and dst_val int32[n] (address-map value of the source/destination:
-    instance * 2 + is_public, -1 when no running instance owns it or the packet is not IP)
-    and verdict uint8[n].  ``mode``:
+    instance * 2 + is_public, -1 when no running instance owns it or the packet is not IP;
+    in MODE_STATELESS the instance index, value >> 1) and verdict uint8[n].  ``mode``:
 
     * MODE_STATELESS: the packet's verdict (spec section 2);
     * MODE_BOTH (the rules half of stateful tracking, see ``track.py``): the ingress check

@@ -396,16 +396,22 @@ def test_rule_counters_world_rules_and_revoked_hits():
     assert set(REASONS) <= set(d)
 
 
-def test_rule_counters_large_batch_and_growth():
-    rng = np.random.default_rng(5)
-    n = 200_000
-    names = REASONS + tuple(f"r{i}" for i in range(300))
+def random_checks(n: int, rules: int, seed: int):
+    """(batch, result, egress rules, ingress rules, wire lengths) of ``n`` packets whose
+    checks name random rules among the reasons and ``rules`` more (-1: no check)."""
+    rng = np.random.default_rng(seed)
+    names = REASONS + tuple(f"r{i}" for i in range(rules))
     e = rng.integers(-1, len(names), n).astype(np.int32)
     g = rng.integers(-1, len(names), n).astype(np.int32)
     wl = rng.integers(40, 9000, n)
     batch = PacketBatch.from_arrays(np.zeros(n, np.uint32), np.zeros(n, np.uint32),
                                     np.full(n, 6), wirelen=wl)
-    res = Result(np.zeros(n, np.uint8), e, g, names, 0)
+    return batch, Result(np.zeros(n, np.uint8), e, g, names, 0), e, g, wl
+
+
+def test_rule_counters_large_batch_and_growth():
+    batch, res, e, g, wl = random_checks(200_000, 300, seed=5)
+    names = res.rule_names
     rc = RuleCounters()
     rc.add(batch.take(slice(0, 10)), Result(res.verdict[:10], e[:10] % 4, g[:10] % 4, REASONS, 0))
     rc.add(batch, res)
@@ -421,19 +427,12 @@ def test_rule_counters_large_batch_and_growth():
     assert rc.packets.tolist() == exp_p.tolist() and rc.bytes.tolist() == exp_b.tolist()
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 4_799, 4_800, 4_801, 50_001])
+@pytest.mark.parametrize("n", [0, 1, 2, 4_815, 4_816, 4_817, 50_001])
 def test_rule_counters_split_over_threads_count_the_same(n):
-    # a batch long next to the counters is split over the threads (sizes around the
-    # threshold, and well past it)
+    # 300 names: 301 counters; a batch of 2 threads * 8 * 301 = 4,816 packets or more is
+    # split over the threads (sizes below, at and past that)
     import numba
-    rng = np.random.default_rng(n)
-    names = REASONS + tuple(f"r{i}" for i in range(296))
-    e = rng.integers(-1, len(names), n).astype(np.int32)
-    g = rng.integers(-1, len(names), n).astype(np.int32)
-    wl = rng.integers(40, 9000, n)
-    batch = PacketBatch.from_arrays(np.zeros(n, np.uint32), np.zeros(n, np.uint32),
-                                    np.full(n, 6), wirelen=wl)
-    res = Result(np.zeros(n, np.uint8), e, g, names, 0)
+    batch, res, e, g, wl = random_checks(n, 296, seed=n)
     one, two = RuleCounters(), RuleCounters()
     one.add(batch, res)
     previous = numba.get_num_threads()

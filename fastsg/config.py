@@ -2,7 +2,8 @@
 
 Every kernel is compiled with ``jit_options(...)``; no kernel writes its own ``cache=``,
 ``parallel=`` or ``fastmath=``.  The environment variable ``FASTSG_NO_CACHE=1`` turns the
-on-disk cache off (useful when kernels are being edited).
+on-disk cache off (useful when kernels are being edited); ``FASTSG_LEAN_CACHE_LOAD=0``
+loads cached kernels numba's own (slower) way.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 from pathlib import Path
 
 import numba
+
+from . import lean_cache_load
 
 # On-disk cache of compiled kernels: later processes skip the JIT warm-up.
 CACHE = os.environ.get("FASTSG_NO_CACHE", "") not in ("1", "true", "yes")
@@ -41,6 +44,8 @@ def _use_versioned_cache_dir() -> None:
 
 
 _use_versioned_cache_dir()
+# Cached kernels load without numba's whole first-use set-up (see ``lean_cache_load``).
+lean_cache_load.install()
 # Integer-only kernels: fastmath gains nothing and must never change a verdict.
 FASTMATH = False
 # The GIL is released in every kernel, so a mutation can land while a classify runs.

@@ -292,6 +292,58 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             k += 1
             continue
         frag = p.frag[iu]
+        # -- fast path: every check this packet meets is a live flow of its table (84% of
+        # the packets of a fresh generated stream): find both, refresh both, next packet.
+        # Anything else (a miss, an expired flow, an RST, a fragment) leaves the tables as
+        # they were and takes the full path below, which finds again.  A short block of its
+        # own lets the CPU overlap consecutive packets' probes: measured at 10k rules,
+        # fresh stream 187 -> 151 ns a packet, warm tables 139 -> 99, 1M live flows 6.1 ->
+        # 7.3 Mpps (same process, alternating).  For a packet from an instance to itself
+        # both checks may find the same slot: each refresh reads the state word anew.
+        if frag == 0:
+            f_proto = np.int64(p.proto[iu])
+            if not (f_proto == 6 and (p.tcp_flags[iu] & TCP_RST) != 0):
+                f_ver = p.ipver[iu]
+                f_sp, f_dp = flow_ports(f_proto, p.icmp_type[iu], p.sport[iu], p.dport[iu],
+                                        p.icmp_id[iu])
+                se = np.int64(-1)
+                si = np.int64(-1)
+                ok = True
+                if sv >= 0:
+                    f_inst = sv >> 1
+                    f_part = np.uint64(f_inst & (NPART - 1))
+                    f_kw = key_word(f_inst, 1 if f_ver == 6 else (2 if (sv & 1) else 0),
+                                    f_proto, f_sp, f_dp)
+                    se = _find(slots, part_base[f_part], part_size[f_part], p.dst_hi[iu],
+                               p.dst_lo[iu], f_kw)
+                    ok = se >= 0 and np.int64(slots[np.uint64(se), 3]) + timeout_of(
+                        f_proto, slots[np.uint64(se), 2], timeouts) >= now
+                if ok and dv >= 0:
+                    f_inst = dv >> 1
+                    f_part = np.uint64(f_inst & (NPART - 1))
+                    f_kw = key_word(f_inst, 1 if f_ver == 6 else (2 if (dv & 1) else 0),
+                                    f_proto, f_dp, f_sp)
+                    si = _find(slots, part_base[f_part], part_size[f_part], p.src_hi[iu],
+                               p.src_lo[iu], f_kw)
+                    ok = si >= 0 and np.int64(slots[np.uint64(si), 3]) + timeout_of(
+                        f_proto, slots[np.uint64(si), 2], timeouts) >= now
+                if ok:
+                    if se >= 0:
+                        w2 = slots[np.uint64(se), 2]
+                        slots[np.uint64(se), 3] = np.uint64(now)
+                        if f_proto == 17 and (w2 & INBOUND) != 0:
+                            slots[np.uint64(se), 2] = w2 | STREAM
+                    if si >= 0:
+                        w2 = slots[np.uint64(si), 2]
+                        slots[np.uint64(si), 3] = np.uint64(now)
+                        if f_proto == 17 and (w2 & INBOUND) == 0:
+                            slots[np.uint64(si), 2] = w2 | STREAM
+                    verdict[iu] = ACCEPT
+                    egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
+                    ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
+                    running = now
+                    k += 1
+                    continue
         if frag == 0:
             # room for two inserts in each partition this packet may insert into: grow
             # a partition about to pass 3/4 load into this shard's free arena space
@@ -504,6 +556,7 @@ def _track(t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src
 
     A check at instance X (egress at the source's instance, then, if that accepted,
     ingress at the destination's), written in the loop body (no per-check calls):
+    (first, a fast path for a packet whose every check finds a live flow: see ``_walk``)
     fragment -> the rules; own flow live -> ACCEPT by conntrack (refresh, udp stream, RST
     removal); ICMP error quoting a live flow of X (either orientation) -> ACCEPT by
     conntrack-related; else the rules (precomputed, or ``rules_check`` evaluated here, so a

@@ -162,24 +162,28 @@ class Engine:
 
     def _classify_tracked(self, compiled, cols, n, nthreads, cache_bits, verdict, egress_rule,
                           ingress_rule, src_val, dst_val) -> None:
-        """Stateful: the rules of every packet in a parallel pass first, then the tracking
-        walk, or the walk alone evaluating the rules of the checks its tables do not accept
-        (``Tracker.rules_first`` decides); sharding the walk over threads needs every
-        packet's instances first, which either pass gives."""
+        """Stateful: on several threads, every packet's instances first (a parallel pass)
+        and the walk dealt to shards (``Tracker.shard_plan``: none when every packet falls
+        in one); then the rules of every packet in a parallel pass and the tracking walk,
+        or the walk alone evaluating the rules of the checks its tables do not accept
+        (``Tracker.rules_first`` decides)."""
         tracker = self.tracker
         rules_v = np.empty(0, np.uint8)
         vals_ready = False
-        if tracker.rules_first(n, nthreads):
+        plan = None
+        if nthreads > 1:
+            # the packets' instances, in parallel: they deal the walk to shards
+            classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
+                             egress_rule, ingress_rule, src_val, dst_val)
+            vals_ready = True
+            plan = tracker.shard_plan(src_val, dst_val, cols.frag, nthreads)
+        if tracker.rules_first(n, nthreads, 1 if plan is None else len(plan[1]) - 1):
             rules_v = np.empty(n, np.uint8)
             classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_BOTH, rules_v,
-                            egress_rule, ingress_rule, src_val, dst_val)
-            vals_ready = True
-        elif nthreads > 1:
-            classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
-                            egress_rule, ingress_rule, src_val, dst_val)
+                             egress_rule, ingress_rule, src_val, dst_val)
             vals_ready = True
         tracker.run(compiled.kernel, cols, verdict, egress_rule, ingress_rule, src_val, dst_val,
-                    vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits)
+                    vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits, plan)
 
     def _sync_tracking(self, compiled: CompiledWorld) -> None:
         """Size the per-instance counters; discard the tables of terminated instances."""

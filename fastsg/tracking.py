@@ -90,42 +90,61 @@ class Tracker:
         self.next_exp[inst] = _NEVER
 
     # ---- classification ----
-    def rules_first(self, n: int, nthreads: int) -> bool:
-        """Whether a batch of ``n`` packets on ``nthreads`` threads should have the rules of
-        every packet computed before the walk (a parallel pass with the flow cache) rather
-        than inside it, only for the checks the tables do not accept.  Measured on generated
-        traffic at 10k rules, one thread, CPU time per packet against stateless: a fresh
-        stream (25k flows) 2.93x the pass first, 3.00x the walk alone; the same stream again
-        2.55x and 2.33x; a million live flows 4.9 and 6.9 Mpps.  So one thread always walks
-        alone; with more threads the pass first spreads the rules over them, which pays
-        while the tables hold fewer flows than the batch has packets (most packets then
-        start or refresh young flows).  ``force_rules_first`` (None: decide; True/False)
-        overrides it, for tests of both paths."""
+    def rules_first(self, n: int, nthreads: int, shards: int = 1) -> bool:
+        """Whether a batch of ``n`` packets on ``nthreads`` threads, its walk dealt to
+        ``shards`` shards, should have the rules of every packet computed before the walk
+        (a parallel pass with the flow cache) rather than inside it, only for the checks
+        the tables do not accept.  Measured on generated traffic at 10k rules, one thread,
+        CPU time per packet against stateless: a fresh stream (25k flows) 2.93x the pass
+        first, 3.00x the walk alone; the same stream again 2.55x and 2.33x; a million live
+        flows 4.9 and 6.9 Mpps.  So one walk (one thread, or every packet in one shard:
+        measured on 2 threads, fresh stream, 125 against 100 ns a packet) evaluates the
+        rules itself; with several shards the pass first spreads the rules over the
+        threads, which pays while the tables hold fewer flows than the batch has packets
+        (most packets then start or refresh young flows).  ``force_rules_first`` (None:
+        decide; True/False) overrides it, for tests of both paths."""
         if self.force_rules_first is not None:
             return bool(self.force_rules_first)
-        return nthreads > 1 and int(self.stored.sum()) < n
+        return nthreads > 1 and shards > 1 and int(self.stored.sum()) < n
+
+    @staticmethod
+    def shard_plan(src_val, dst_val, frag, nthreads: int):
+        """Deal a batch's packets to at most ``nthreads`` shards (see ``_shards``; needs the
+        address values): ``(order, shard_start)``, or None when every packet falls in one
+        shard, which is then walked in capture order without the order and clock arrays."""
+        n = len(src_val)
+        if nthreads <= 1 or n == 0:
+            return None
+        order = np.empty(n, np.int64)
+        shard_of_part = np.empty(NPART, np.int64)
+        shard_start = _shards(src_val, dst_val, frag, nthreads, order, shard_of_part)
+        if np.count_nonzero(np.diff(shard_start)) <= 1:
+            return None             # one shard: the capture order itself
+        return order, shard_start
 
     def run(self, t, cols, verdict, egress_rule, ingress_rule, src_val, dst_val, vals_ready,
-            rules_v, inst_addr, nthreads: int, cache_bits: int) -> None:
+            rules_v, inst_addr, nthreads: int, cache_bits: int, plan="auto") -> None:
         """Classify one batch with the tables, in capture order: fills verdict uint8[n],
         egress_rule and ingress_rule int32[n] (see ``_track``; ``t`` the compiled rules).
         src_val/dst_val int32[n]: the address-map values, filled already when
         ``vals_ready`` (needed to shard over ``nthreads`` > 1), else filled by the walk.
         rules_v: the rules' packed verdicts of both checks (egress_rule/ingress_rule then hold
         their deciding rules), or empty to have the walk evaluate them.
-        ``cache_bits``: log2 of the walk's rules-outcome cache entries (0: no cache)."""
+        ``cache_bits``: log2 of the walk's rules-outcome cache entries (0: no cache).
+        ``plan``: the batch's ``shard_plan`` (None: one walk in capture order), or "auto"
+        to make it here."""
         n = len(verdict)
         if n == 0:
             return
-        if nthreads > 1:
-            if not vals_ready:
+        if isinstance(plan, str):
+            if nthreads > 1 and not vals_ready:
                 raise ValueError("sharding the tracking walk needs the address values")
+            plan = self.shard_plan(src_val, dst_val, cols.frag, nthreads) if vals_ready else None
+        if plan is not None:
+            order, shard_start = plan
             clock = np.maximum.accumulate(cols.ts)
             if clock[0] < self.clock:
                 np.maximum(clock, self.clock, out=clock)
-            order = np.empty(n, np.int64)
-            shard_of_part = np.empty(NPART, np.int64)
-            shard_start = _shards(src_val, dst_val, cols.frag, nthreads, order, shard_of_part)
         else:
             # one shard in capture order: no order array, and the walk keeps the clock
             clock = order = np.empty(0, np.int64)

@@ -1,4 +1,4 @@
 """``python -m fastsg`` runs the command line."""
-from .cli.main import main
+from .cli.main import run
 
-main()
+run()

@@ -1849,8 +1849,9 @@ def _run(cmd: list, timeout: float = 300) -> tuple:
 
 
 def _fastsg_cli() -> list:
-    """argv prefix running this fastsg's CLI in a new process."""
-    return [sys.executable, "-c", "import sys; from fastsg.cli.main import main; sys.exit(main())"]
+    """argv prefix running this fastsg's CLI in a new process, as the ``fastsg`` console
+    script does (``fastsg.cli.main.run``)."""
+    return [sys.executable, "-c", "from fastsg.cli.main import run; run()"]
 
 
 def _peer_tcpdump(ctx: _Context, res: ScenarioResult) -> None:

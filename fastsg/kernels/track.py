@@ -183,7 +183,8 @@ def grown_size(used):
 
 @njit(inline=True)
 def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, peer_lo):
-    """Prefetch the home slot of a check's own flow (``flat``: the arena as uint64[4 * total]);
+    """Prefetch the home slot of a check's own flow and the line after it (``flat``: the
+    arena as uint64[4 * total]);
     issued PREFETCH packets ahead, the cache misses overlap the work on earlier packets."""
     inst = val >> 1
     part = inst & (NPART - 1)
@@ -192,7 +193,14 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
         xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
         kw = key_word(inst, xsel, proto, xport, pport)
         h = home_slot(peer_hi, peer_lo, kw, size)
-        prefetch(flat, 4 * (part_base[part] + h))
+        at = 4 * (part_base[part] + h)
+        prefetch(flat, at)
+        # and the next line: at 0.61 load, a quarter of the keys sit past their home
+        # slot's line (measured at 1M flows: 74% in it, 93% within three slots), and that
+        # second miss was not hidden (1M live flows, same process, alternating: 7.5-8.4
+        # -> 9.1-9.2 Mpps)
+        if at + 8 < len(flat):
+            prefetch(flat, at + 8)
 
 
 @njit()

@@ -162,28 +162,47 @@ class Engine:
 
     def _classify_tracked(self, compiled, cols, n, nthreads, cache_bits, verdict, egress_rule,
                           ingress_rule, src_val, dst_val) -> None:
-        """Stateful: on several threads, every packet's instances first (a parallel pass)
-        and the walk dealt to shards (``Tracker.shard_plan``: none when every packet falls
-        in one); then the rules of every packet in a parallel pass and the tracking walk,
-        or the walk alone evaluating the rules of the checks its tables do not accept
-        (``Tracker.rules_first`` decides)."""
+        """Stateful: the rules of every packet in a parallel pass and then the tracking
+        walk, or the walk alone evaluating the rules of the checks its tables do not
+        accept (``Tracker.rules_first`` decides, from the tables' flows and, on several
+        threads, the shards); on several threads the walk is dealt to shards
+        (``Tracker.shard_plan``: none when every packet falls in one), which needs every
+        packet's instances first (either parallel pass gives them)."""
         tracker = self.tracker
         rules_v = np.empty(0, np.uint8)
         vals_ready = False
         plan = None
-        if nthreads > 1:
-            # the packets' instances, in parallel: they deal the walk to shards
-            classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
-                             egress_rule, ingress_rule, src_val, dst_val)
+        planned = False
+        first = tracker.rules_first(n, nthreads)
+        if first is None:
+            # it depends on the shards, which come from the packets' instances
+            self._addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule,
+                            src_val, dst_val)
             vals_ready = True
             plan = tracker.shard_plan(src_val, dst_val, cols.frag, nthreads)
-        if tracker.rules_first(n, nthreads, 1 if plan is None else len(plan[1]) - 1):
+            planned = True
+            first = tracker.rules_first(n, nthreads, 1 if plan is None else len(plan[1]) - 1)
+        if first:
             rules_v = np.empty(n, np.uint8)
             classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_BOTH, rules_v,
                              egress_rule, ingress_rule, src_val, dst_val)
             vals_ready = True
+        if nthreads > 1 and not planned:
+            if not vals_ready:
+                self._addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule,
+                                src_val, dst_val)
+                vals_ready = True
+            plan = tracker.shard_plan(src_val, dst_val, cols.frag, nthreads)
         tracker.run(compiled.kernel, cols, verdict, egress_rule, ingress_rule, src_val, dst_val,
                     vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits, plan)
+
+    @staticmethod
+    def _addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule, src_val,
+                   dst_val) -> None:
+        """Every packet's address-map values into src_val/dst_val (a parallel pass; the
+        other arrays are scratch until the walk fills them)."""
+        classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
+                         egress_rule, ingress_rule, src_val, dst_val)
 
     def _sync_tracking(self, compiled: CompiledWorld) -> None:
         """Size the per-instance counters; discard the tables of terminated instances."""

@@ -90,22 +90,37 @@ class Tracker:
         self.next_exp[inst] = _NEVER
 
     # ---- classification ----
-    def rules_first(self, n: int, nthreads: int, shards: int = 1) -> bool:
+    def rules_first(self, n: int, nthreads: int, shards: int | None = None):
         """Whether a batch of ``n`` packets on ``nthreads`` threads, its walk dealt to
         ``shards`` shards, should have the rules of every packet computed before the walk
         (a parallel pass with the flow cache) rather than inside it, only for the checks
-        the tables do not accept.  Measured on generated traffic at 10k rules, one thread,
-        CPU time per packet against stateless: a fresh stream (25k flows) 2.93x the pass
-        first, 3.00x the walk alone; the same stream again 2.55x and 2.33x; a million live
-        flows 4.9 and 6.9 Mpps.  So one walk (one thread, or every packet in one shard:
-        measured on 2 threads, fresh stream, 125 against 100 ns a packet) evaluates the
-        rules itself; with several shards the pass first spreads the rules over the
-        threads, which pays while the tables hold fewer flows than the batch has packets
-        (most packets then start or refresh young flows).  ``force_rules_first`` (None:
-        decide; True/False) overrides it, for tests of both paths."""
+        the tables do not accept.
+
+        * Empty tables (a new engine, ``reset_tracking``, the first chunk of a replay):
+          the pass first.  Every flow's first packet then needs the rules, and evaluated
+          one by one inside the walk they cost more than the whole pass: measured at 10k
+          rules, one thread, a fresh stream of 500k generated packets (27k flows), CPU time
+          per packet against stateless, two runs: 2.67x and 2.42x the pass first, 3.39x
+          and 2.74x the walk alone.
+        * Tables holding flows: the walk alone, as a packet of a tracked flow then never
+          pays for the rules: the same stream again 2.30x and 1.88x against 2.66x and
+          2.23x; a million live flows 8.3 and 6.4 Mpps against 6.5 and 4.4.  With several
+          shards the pass first still spreads the rules over the threads, which pays while
+          the tables hold fewer flows than the batch has packets.
+
+        Returns None when the answer depends on the shards and ``shards`` is None.
+        ``force_rules_first`` (None: decide; True/False) overrides it, for tests of both
+        paths."""
         if self.force_rules_first is not None:
             return bool(self.force_rules_first)
-        return nthreads > 1 and shards > 1 and int(self.stored.sum()) < n
+        stored = int(self.stored.sum())
+        if stored == 0:
+            return True
+        if nthreads <= 1 or stored >= n:
+            return False
+        if shards is None:
+            return None             # it depends on how the walk shards: ask again
+        return shards > 1
 
     @staticmethod
     def shard_plan(src_val, dst_val, frag, nthreads: int):
@@ -119,7 +134,7 @@ class Tracker:
         shard_of_part = np.empty(NPART, np.int64)
         shard_start = _shards(src_val, dst_val, frag, nthreads, order, shard_of_part)
         if np.count_nonzero(np.diff(shard_start)) <= 1:
-            return None             # one shard: the capture order itself
+            return None             # one shard: the capture order itself (order unfilled)
         return order, shard_start
 
     def run(self, t, cols, verdict, egress_rule, ingress_rule, src_val, dst_val, vals_ready,

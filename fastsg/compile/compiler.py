@@ -102,8 +102,7 @@ class Compiler:
                 return self.current
             t0 = time.perf_counter()
             if self.revision is None:
-                for inst in world.instances.values():
-                    self._update_row(inst)
+                self._fill_rows(list(world.instances.values()))
             else:
                 for change in world.changes_since(self.revision):
                     self._apply(change)
@@ -121,6 +120,37 @@ class Compiler:
             inst = self.world.instances.get(change.instance)
             if inst is not None:
                 self._update_row(inst)
+
+    def _fill_rows(self, insts: list) -> None:
+        """``_update_row`` of every instance at once (the first build): the same rows and
+        registry indexes, assigned with whole-array numpy instead of a dozen small numpy
+        calls per instance (20k instances: 0.47 -> about 0.1 s, measured)."""
+        if not insts:
+            return
+        idx = np.array([self.instances.get(inst.id) for inst in insts], np.int64)
+        rows = self.rows
+        top = int(idx.max()) + 1
+        rows.ensure(top)
+        rows.n = max(rows.n, top)
+        rows.running[idx] = [inst.running for inst in insts]
+        rows.region[idx] = [self.regions.get(inst.region) for inst in insts]
+        counts = np.array([len(inst.groups) for inst in insts], np.int64)
+        rows.ngroups[idx] = counts
+        flat = np.array([self.groups.get(g) for inst in insts for g in inst.groups], np.int32)
+        row_of = np.repeat(idx, counts)
+        starts = np.cumsum(counts) - counts
+        col_of = np.arange(len(flat)) - np.repeat(starts, counts)
+        rows.groups[idx, :] = -1
+        rows.groups[row_of, col_of] = flat
+        for j, attr in enumerate(("private_ip", "private_ipv6", "public_ip")):
+            addrs = [getattr(inst, attr) for inst in insts]
+            values = [int(a) if a is not None else 0 for a in addrs]
+            rows.addr_ver[idx, j] = [a.version if a is not None else 0 for a in addrs]
+            rows.addr_hi[idx, j] = np.array([v >> 64 for v in values], np.uint64)
+            rows.addr_lo[idx, j] = np.array([v & 0xFFFFFFFFFFFFFFFF for v in values], np.uint64)
+        order = self.world.instance_order
+        for i, inst in zip(idx.tolist(), insts):
+            rows.key[i] = (tuple(inst.groups), order(inst))
 
     def _update_row(self, inst):
         i = self.instances.get(inst.id)
@@ -230,19 +260,30 @@ def _records(*columns) -> np.ndarray:
 
 
 def _class_records(d: DirectionTables) -> np.ndarray:
-    """CLS records: the six table references, then the IPv4 table inline when it is small."""
+    """CLS records with their six table references (direction-local); the inline copies of
+    small IPv4 tables are filled once for all directions at link time (``_inline_v4``)."""
     n = len(d.cls_v4_start)
     rec = np.zeros((n, T.CLS_STRIDE), np.int32)
     for k, col in enumerate((d.cls_v4_start, d.cls_v4_len, d.cls_v6_start, d.cls_v6_len,
                              d.cls_grp_start, d.cls_grp_len)):
         rec[:, k] = col
-    small = np.nonzero((d.cls_v4_len > 0) & (d.cls_v4_len <= T.CLS_INLINE))[0]
-    for k in range(T.CLS_INLINE):
-        rows = small[d.cls_v4_len[small] > k]
-        at = d.cls_v4_start[rows] + k
-        rec[rows, T.CLS_V4_INLINE_START + k] = d.v4_start[at].view(np.int32) if len(at) else 0
-        rec[rows, T.CLS_V4_INLINE_RANK + k] = d.v4_rank[at]
     return rec
+
+
+def _inline_v4(cls: np.ndarray, v4_start: np.ndarray, v4_rank: np.ndarray) -> None:
+    """Copy each class's IPv4 table of at most CLS_INLINE entries into its record (starts,
+    then ranks), in place; ``cls`` holds linked (global) table references.  Done once over
+    every class of the world: per direction it cost 0.43 of a 1.7 s compile at 100k rules
+    (3,400 directions, a few dozen small numpy calls each)."""
+    v4_len = cls[:, T.CLS_V4_LEN]
+    small = np.nonzero((v4_len > 0) & (v4_len <= T.CLS_INLINE))[0]
+    for k in range(T.CLS_INLINE):
+        rows = small[v4_len[small] > k]
+        if len(rows) == 0:
+            continue
+        at = cls[rows, T.CLS_V4_START] + k
+        cls[rows, T.CLS_V4_INLINE_START + k] = v4_start[at].view(np.int32)
+        cls[rows, T.CLS_V4_INLINE_RANK + k] = v4_rank[at]
 
 
 class _LocalSections:
@@ -308,6 +349,7 @@ def _link_directions(dirs: list[_LocalSections]) -> dict:
     for name in ("pt_start_key", "v4_rank", "v6_rank"):
         out[name] = cat(name, np.int32)
     out["v4_start"] = cat("v4_start", np.uint32)
+    _inline_v4(cls, out["v4_start"], out["v4_rank"])
     out["v6_start_hi"] = cat("v6_start_hi", np.uint64)
     out["v6_start_lo"] = cat("v6_start_lo", np.uint64)
     out["pd_proto_slot"] = cat("pd_proto_slot", np.uint8)

@@ -203,6 +203,33 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
             prefetch(flat, at + 8)
 
 
+@njit(inline=True)
+def _live_slot(slots, part_base, part_size, timeouts, now, val, ver, proto, xport, pport,
+               peer_hi, peer_lo):
+    """The slot of the live flow a check at ``val``'s instance (address-map value) finds:
+    own port ``xport``, peer port ``pport``, peer address ``peer_hi``/``peer_lo``; or -1
+    (no such flow, or expired at ``now``)."""
+    inst = val >> 1
+    part = np.uint64(inst & (NPART - 1))
+    kw = key_word(inst, 1 if ver == 6 else (2 if (val & 1) else 0), proto, xport, pport)
+    s = _find(slots, part_base[part], part_size[part], peer_hi, peer_lo, kw)
+    if s >= 0 and np.int64(slots[np.uint64(s), 3]) + timeout_of(
+            proto, slots[np.uint64(s), 2], timeouts) >= now:
+        return s
+    return np.int64(-1)
+
+
+@njit(inline=True)
+def _refresh(slots, s, now, proto, egress):
+    """A live flow's packet at ``now``: its last time, and a udp flow becomes a stream once
+    a packet goes the other way than the inserting one (the state word read anew: both
+    checks of a packet to itself may refresh one slot)."""
+    w2 = slots[np.uint64(s), 2]
+    slots[np.uint64(s), 3] = np.uint64(now)
+    if proto == 17 and ((w2 & INBOUND) != 0) == egress:
+        slots[np.uint64(s), 2] = w2 | STREAM
+
+
 @njit()
 def _sweep(slots, base, size, inst, part, now, timeouts, stored):
     """Purge the instance's expired flows (tombstones); returns the least expiry left."""
@@ -316,36 +343,19 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                                         p.icmp_id[iu])
                 se = np.int64(-1)
                 si = np.int64(-1)
-                ok = True
                 if sv >= 0:
-                    f_inst = sv >> 1
-                    f_part = np.uint64(f_inst & (NPART - 1))
-                    f_kw = key_word(f_inst, 1 if f_ver == 6 else (2 if (sv & 1) else 0),
-                                    f_proto, f_sp, f_dp)
-                    se = _find(slots, part_base[f_part], part_size[f_part], p.dst_hi[iu],
-                               p.dst_lo[iu], f_kw)
-                    ok = se >= 0 and np.int64(slots[np.uint64(se), 3]) + timeout_of(
-                        f_proto, slots[np.uint64(se), 2], timeouts) >= now
+                    se = _live_slot(slots, part_base, part_size, timeouts, now, sv, f_ver,
+                                    f_proto, f_sp, f_dp, p.dst_hi[iu], p.dst_lo[iu])
+                ok = sv < 0 or se >= 0
                 if ok and dv >= 0:
-                    f_inst = dv >> 1
-                    f_part = np.uint64(f_inst & (NPART - 1))
-                    f_kw = key_word(f_inst, 1 if f_ver == 6 else (2 if (dv & 1) else 0),
-                                    f_proto, f_dp, f_sp)
-                    si = _find(slots, part_base[f_part], part_size[f_part], p.src_hi[iu],
-                               p.src_lo[iu], f_kw)
-                    ok = si >= 0 and np.int64(slots[np.uint64(si), 3]) + timeout_of(
-                        f_proto, slots[np.uint64(si), 2], timeouts) >= now
+                    si = _live_slot(slots, part_base, part_size, timeouts, now, dv, f_ver,
+                                    f_proto, f_dp, f_sp, p.src_hi[iu], p.src_lo[iu])
+                    ok = si >= 0
                 if ok:
                     if se >= 0:
-                        w2 = slots[np.uint64(se), 2]
-                        slots[np.uint64(se), 3] = np.uint64(now)
-                        if f_proto == 17 and (w2 & INBOUND) != 0:
-                            slots[np.uint64(se), 2] = w2 | STREAM
+                        _refresh(slots, se, now, f_proto, True)
                     if si >= 0:
-                        w2 = slots[np.uint64(si), 2]
-                        slots[np.uint64(si), 3] = np.uint64(now)
-                        if f_proto == 17 and (w2 & INBOUND) == 0:
-                            slots[np.uint64(si), 2] = w2 | STREAM
+                        _refresh(slots, si, now, f_proto, False)
                     verdict[iu] = ACCEPT
                     egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
                     ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
@@ -430,9 +440,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     w2 = slots[np.uint64(s), 2]
                     if np.int64(slots[np.uint64(s), 3]) + timeout_of(proto, w2, timeouts) >= now:
                         hit = True
-                        slots[np.uint64(s), 3] = np.uint64(now)
-                        if proto == 17 and ((w2 & INBOUND) != 0) == egress:
-                            slots[np.uint64(s), 2] = w2 | STREAM
+                        _refresh(slots, s, now, proto, egress)
                         if rst:
                             slots[np.uint64(s), 2] = TOMB
                             stored[np.uint64(inst)] -= 1

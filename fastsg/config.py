@@ -15,6 +15,19 @@ import numba
 
 from . import lean_cache_load
 
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no environment setting: 1/true/yes on, 0/false/no/off off (any case, spaces
+    ignored), anything else (or unset) ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return default
+
+
 # On-disk cache of compiled kernels: later processes skip the JIT warm-up.
 CACHE = os.environ.get("FASTSG_NO_CACHE", "") not in ("1", "true", "yes")
 
@@ -45,7 +58,8 @@ def _use_versioned_cache_dir() -> None:
 
 _use_versioned_cache_dir()
 # Cached kernels load without numba's whole first-use set-up (see ``lean_cache_load``).
-lean_cache_load.install()
+if env_flag("FASTSG_LEAN_CACHE_LOAD", True):
+    lean_cache_load.install()
 # Integer-only kernels: fastmath gains nothing and must never change a verdict.
 FASTMATH = False
 # The GIL is released in every kernel, so a mutation can land while a classify runs.

@@ -171,38 +171,23 @@ class Engine:
         tracker = self.tracker
         rules_v = np.empty(0, np.uint8)
         vals_ready = False
-        plan = None
-        planned = False
+        plan = "auto"               # Tracker.run deals the walk to shards itself
         first = tracker.rules_first(n, nthreads)
-        if first is None:
-            # it depends on the shards, which come from the packets' instances
-            self._addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule,
-                            src_val, dst_val)
+        if first is not True and nthreads > 1:
+            # the shards come from the packets' instances (and may decide ``first``)
+            classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
+                             egress_rule, ingress_rule, src_val, dst_val)
             vals_ready = True
-            plan = tracker.shard_plan(src_val, dst_val, cols.frag, nthreads)
-            planned = True
-            first = tracker.rules_first(n, nthreads, 1 if plan is None else len(plan[1]) - 1)
+            plan = tracker.shard_plan(src_val, dst_val, nthreads)
+            if first is None:
+                first = tracker.rules_first(n, nthreads, tracker.shard_count(plan))
         if first:
             rules_v = np.empty(n, np.uint8)
             classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_BOTH, rules_v,
                              egress_rule, ingress_rule, src_val, dst_val)
             vals_ready = True
-        if nthreads > 1 and not planned:
-            if not vals_ready:
-                self._addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule,
-                                src_val, dst_val)
-                vals_ready = True
-            plan = tracker.shard_plan(src_val, dst_val, cols.frag, nthreads)
         tracker.run(compiled.kernel, cols, verdict, egress_rule, ingress_rule, src_val, dst_val,
                     vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits, plan)
-
-    @staticmethod
-    def _addresses(compiled, cols, nthreads, verdict, egress_rule, ingress_rule, src_val,
-                   dst_val) -> None:
-        """Every packet's address-map values into src_val/dst_val (a parallel pass; the
-        other arrays are scratch until the walk fills them)."""
-        classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
-                         egress_rule, ingress_rule, src_val, dst_val)
 
     def _sync_tracking(self, compiled: CompiledWorld) -> None:
         """Size the per-instance counters; discard the tables of terminated instances."""

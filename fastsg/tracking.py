@@ -123,7 +123,12 @@ class Tracker:
         return shards > 1
 
     @staticmethod
-    def shard_plan(src_val, dst_val, frag, nthreads: int):
+    def shard_count(plan) -> int:
+        """Shards of a ``shard_plan`` (None: one)."""
+        return 1 if plan is None else len(plan[1]) - 1
+
+    @staticmethod
+    def shard_plan(src_val, dst_val, nthreads: int):
         """Deal a batch's packets to at most ``nthreads`` shards (see ``_shards``; needs the
         address values): ``(order, shard_start)``, or None when every packet falls in one
         shard, which is then walked in capture order without the order and clock arrays."""
@@ -132,7 +137,7 @@ class Tracker:
             return None
         order = np.empty(n, np.int64)
         shard_of_part = np.empty(NPART, np.int64)
-        shard_start = _shards(src_val, dst_val, frag, nthreads, order, shard_of_part)
+        shard_start = _shards(src_val, dst_val, nthreads, order, shard_of_part)
         if np.count_nonzero(np.diff(shard_start)) <= 1:
             return None             # one shard: the capture order itself (order unfilled)
         return order, shard_start
@@ -154,7 +159,7 @@ class Tracker:
         if isinstance(plan, str):
             if nthreads > 1 and not vals_ready:
                 raise ValueError("sharding the tracking walk needs the address values")
-            plan = self.shard_plan(src_val, dst_val, cols.frag, nthreads) if vals_ready else None
+            plan = self.shard_plan(src_val, dst_val, nthreads) if vals_ready else None
         if plan is not None:
             order, shard_start = plan
             clock = np.maximum.accumulate(cols.ts)

@@ -54,18 +54,23 @@ def _probe(tmp_path, lean: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _enabled_by_environment() -> bool:
+    from fastsg.config import env_flag
+    return env_flag("FASTSG_LEAN_CACHE_LOAD", True)
+
+
 def test_installed_by_default():
-    assert lean_cache_load.enabled_by_environment() or not lean_cache_load.installed()
-    if lean_cache_load.enabled_by_environment():
+    assert _enabled_by_environment() or not lean_cache_load.installed()
+    if _enabled_by_environment():
         assert lean_cache_load.installed()
 
 
 def test_environment_switch(monkeypatch):
     for off in ("0", "false", "no", "OFF"):
         monkeypatch.setenv("FASTSG_LEAN_CACHE_LOAD", off)
-        assert not lean_cache_load.enabled_by_environment()
+        assert not _enabled_by_environment()
     monkeypatch.setenv("FASTSG_LEAN_CACHE_LOAD", "1")
-    assert lean_cache_load.enabled_by_environment()
+    assert _enabled_by_environment()
 
 
 def test_cached_kernel_loads_lean_with_the_same_result(tmp_path):

@@ -98,15 +98,14 @@ def test_shard_plan_one_walk_when_every_packet_links_one_component():
     """Packets between instances 0 and 1 (partitions 0 and 1) link them: one shard, walked
     in capture order (no plan); packets that stay within each instance give two shards."""
     from fastsg.tracking import Tracker
-    frag = np.zeros(6, np.uint8)
     own = np.array([0, 2, 0, 2, 0, 2], np.int32)            # inst * 2: 0, 1, 0, 1, ...
-    order, start = Tracker.shard_plan(own, own, frag, 2)
+    order, start = Tracker.shard_plan(own, own, 2)
     assert start.tolist() == [0, 3, 6]
     assert sorted(order[:3].tolist() + order[3:].tolist()) == list(range(6))
     assert all(own[i] == own[order[0]] for i in order[:3])     # each shard: one instance
     assert list(order[:3]) == sorted(order[:3])                # capture order within
     linked = np.array([2, 0, 0, 2, 0, 2], np.int32)
-    assert Tracker.shard_plan(own, linked, frag, 2) is None
-    assert Tracker.shard_plan(own, own, frag, 1) is None
-    assert Tracker.shard_plan(own[:0], own[:0], frag[:0], 2) is None
+    assert Tracker.shard_plan(own, linked, 2) is None
+    assert Tracker.shard_plan(own, own, 1) is None
+    assert Tracker.shard_plan(own[:0], own[:0], 2) is None
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import __version__
+from ..config import env_flag
 from ..errors import FastsgError
 from . import terminal
 
@@ -55,7 +56,7 @@ def run() -> None:
         code = None
     except SystemExit as exc:
         code = exc.code
-    if os.environ.get("FASTSG_FULL_EXIT", "").strip().lower() in ("1", "true", "yes"):
+    if env_flag("FASTSG_FULL_EXIT", False):
         sys.exit(code)
     status = exit_status(code)
     for stream in (sys.stdout, sys.stderr):

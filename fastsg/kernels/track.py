@@ -73,6 +73,16 @@ def key_word(inst, xsel, proto, xport, pport):
 
 
 @njit(inline=True)
+def check_key(val, ver, proto, xport, pport):
+    """A check's table key: ``(partition, key word)`` for the instance of address-map value
+    ``val`` (inst * 2 + is_public) and a packet of IP version ``ver``; ``xport`` the flow's
+    instance-side port, ``pport`` its peer-side one (see ``flow_ports``)."""
+    inst = val >> 1
+    xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
+    return inst & (NPART - 1), key_word(inst, xsel, proto, xport, pport)
+
+
+@njit(inline=True)
 def slot_hash(hi, lo, kw):
     h = (hi * _MUL2) ^ lo
     h = (h ^ (kw * _MUL2)) * _MUL
@@ -186,12 +196,9 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
     """Prefetch the home slot of a check's own flow and the line after it (``flat``: the
     arena as uint64[4 * total]);
     issued PREFETCH packets ahead, the cache misses overlap the work on earlier packets."""
-    inst = val >> 1
-    part = inst & (NPART - 1)
+    part, kw = check_key(val, ver, proto, xport, pport)
     size = part_size[part]
     if size > 0:
-        xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
-        kw = key_word(inst, xsel, proto, xport, pport)
         h = home_slot(peer_hi, peer_lo, kw, size)
         at = 4 * (part_base[part] + h)
         prefetch(flat, at)
@@ -209,10 +216,9 @@ def _live_slot(slots, part_base, part_size, timeouts, now, val, ver, proto, xpor
     """The slot of the live flow a check at ``val``'s instance (address-map value) finds:
     own port ``xport``, peer port ``pport``, peer address ``peer_hi``/``peer_lo``; or -1
     (no such flow, or expired at ``now``)."""
-    inst = val >> 1
-    part = np.uint64(inst & (NPART - 1))
-    kw = key_word(inst, 1 if ver == 6 else (2 if (val & 1) else 0), proto, xport, pport)
-    s = _find(slots, part_base[part], part_size[part], peer_hi, peer_lo, kw)
+    part, kw = check_key(val, ver, proto, xport, pport)
+    s = _find(slots, part_base[np.uint64(part)], part_size[np.uint64(part)], peer_hi, peer_lo,
+              kw)
     if s >= 0 and np.int64(slots[np.uint64(s), 3]) + timeout_of(
             proto, slots[np.uint64(s), 2], timeouts) >= now:
         return s
@@ -429,11 +435,9 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
             part = np.int64(0)
             kw = np.uint64(0)
             if frag == 0:
-                xsel = 1 if ver == 6 else (2 if (val & 1) else 0)
-                part = inst & (NPART - 1)
+                part, kw = check_key(val, ver, proto, xport, pport)
                 base = part_base[np.uint64(part)]
                 size = part_size[np.uint64(part)]
-                kw = key_word(inst, xsel, proto, xport, pport)
                 # -- own flow
                 s = _find(slots, base, size, peer_hi, peer_lo, kw)
                 if s >= 0:
@@ -610,7 +614,7 @@ def _packet_parts(sv, dv):
 
 
 @njit()
-def _shards(src_val, dst_val, frag, nthreads, order, shard_of_part):
+def _shards(src_val, dst_val, nthreads, order, shard_of_part):
     """Deal the partitions to at most nthreads shards: partitions linked by a packet that
     meets checks in both go to the same shard.  Returns shard_start int64[nshards + 1] and
     fills shard_of_part int64[NPART]; when more than one shard holds packets it also fills

@@ -1,7 +1,7 @@
 """Instance metadata, listing by group and tag, and fenced termination (spec section 8).
 
-* ``security_groups``: an instance's group names in its ``groups`` order, as
-  ``ec2-metadata -s`` prints them.
+* ``security_groups``: an instance's group names in its ``groups`` order;
+  ``ec2_metadata_text`` prints them exactly as ``ec2-metadata -s`` does.
 * ``peers``: beyond EC2, for each of its groups the *other running* members with their id,
   private addresses and tags (what a node needs to find the rest of its cluster).
 * ``list_instances``: the instances holding a group and/or carrying tags.
@@ -33,7 +33,7 @@ from .errors import Problem, WorldError
 from .world.model import Instance, World
 from .world.validate import did_you_mean, quote
 
-__all__ = ["security_groups", "peers", "list_instances", "terminate", "instance_dict"]
+__all__ = ["security_groups", "ec2_metadata_text", "peers", "list_instances", "terminate", "instance_dict"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -44,6 +44,15 @@ def security_groups(world: World, instance_id: str) -> list[str]:
     with world.lock:
         inst = _instance(world, instance_id)
         return [world.groups[gid].name for gid in inst.groups]
+
+
+def ec2_metadata_text(names: list[str], quiet: bool = False) -> str:
+    """``names`` as ``ec2-metadata -s`` prints an instance's groups (amazon-ec2-utils: the
+    key ``security-groups: `` and the metadata service's answer, one name per line, or
+    ``not available`` when there is none); ``quiet`` drops the key, as ``--quiet`` does.
+    No trailing newline."""
+    text = "\n".join(names) if names else "not available"
+    return text if quiet else f"security-groups: {text}"
 
 
 def peers(world: World, instance_id: str) -> dict:

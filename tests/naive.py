@@ -15,8 +15,8 @@ instances, orders: ``fastsg.world.model``) and walks the spec one packet at a ti
                                                          ``naive_jsonl_lines``,
                                                          ``naive_rule_counters``
 
-Section 4 follows the README ("Behaviour where the spec is silent") where the spec is open: the clock is
-the latest timestamp seen so far; a flow is live iff ``last + timeout >= now``; capacity
+Section 4 follows the README ("Behaviour where the spec is silent") where the spec is open, and in its
+one documented departure: the clock is the latest timestamp seen so far; a flow is live iff ``last + timeout >= now``; capacity
 counts live flows only (counted the obvious way, every time).  Section 5 (REJECT answers)
 is not modelled here.  Everything is sequential on purpose: packets are processed in
 capture order, and each packet sees the world exactly as it is when the packet comes.

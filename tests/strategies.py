@@ -864,6 +864,9 @@ def tracking_world_dicts(draw, logging=True):
         world = draw(dense_world_dicts())
     conntrack = dict(TRACK_CONNTRACK)
     conntrack["capacity"] = draw(st.sampled_from(TRACK_CAPACITIES))
+    # now and then a udp stream timeout shorter than udp's (valid, and the promotion then
+    # brings a flow's expiry forward)
+    conntrack["udp_stream_timeout"] = draw(st.sampled_from((4, 4, 4, 1)))
     world["conntrack"] = conntrack
     if logging:
         _mark_some_rules_logged(draw, world)

@@ -242,13 +242,24 @@ def test_commands_are_exported():
 def test_metadata_command_security_groups_plain(world_file):
     r = cli("metadata", "--world", world_file, "i-web1")
     assert r.exit_code == 0, r.output
-    assert r.stdout == "web\ndb\nstarted-by-bob\n"             # pipeable, nothing else
+    # as `ec2-metadata -s` prints them (the key, then one name per line), nothing else
+    assert r.stdout == "security-groups: web\ndb\nstarted-by-bob\n"
     assert r.stderr == ""
     r2 = cli("metadata", "--world", world_file, "i-web1", "security-groups")
     assert r2.stdout == r.stdout
+    r3 = cli("metadata", "--world", world_file, "i-web1", "--quiet")   # ec2-metadata --quiet
+    assert r3.exit_code == 0 and r3.stdout == "web\ndb\nstarted-by-bob\n"
     r = cli("metadata", "-w", world_file, "i-db1", "security-groups", "--json")
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"instance": "i-db1", "security_groups": ["db", "web"]}
+
+
+def test_ec2_metadata_text():
+    assert M.ec2_metadata_text(["web"]) == "security-groups: web"
+    assert M.ec2_metadata_text(["web", "db"]) == "security-groups: web\ndb"
+    assert M.ec2_metadata_text(["web", "db"], quiet=True) == "web\ndb"
+    assert M.ec2_metadata_text([]) == "security-groups: not available"
+    assert M.ec2_metadata_text([], quiet=True) == "not available"
 
 
 def test_metadata_command_peers(world_file):

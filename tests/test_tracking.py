@@ -455,6 +455,17 @@ def test_full_table_of_the_same_keys_expired_entry_is_swept_and_reused():
            [(A, C_EG, None), (A, C_EG, None), (A, None, CT)])
 
 
+def test_stream_promotion_to_a_shorter_timeout_frees_capacity_on_time():
+    # a udp stream timeout shorter than udp's: the reply makes the flow a stream that
+    # expires at 0.5 + 1, earlier than the 0 + 100 its insert promised; at t=10 the table
+    # holds no live flow, so a new flow goes in (found by a review: the engine kept the
+    # instance's earliest expiry at 100 and dropped this packet by conntrack-full)
+    q = pkt(EXT, S, UDP, sport=5000, dport=53, t=0)
+    expect(world(capacity=1, udp_timeout=100, udp_stream_timeout=1),
+           [q, reply(q, t=0.5), pkt(ROUTER, S, UDP, sport=6000, dport=53, t=10)],
+           [(A, None, "dns"), (A, CT, None), (A, None, "dns")])
+
+
 def test_conntrack_full_at_ingress():
     expect(world(capacity=1),
            [pkt(EXT, S, sport=1, t=0), pkt(C, S, sport=2, t=0)],

@@ -40,19 +40,22 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True,
 @click.argument("instance")
 @click.argument("what", required=False, default="security-groups",
                 type=click.Choice(["security-groups", "peers"]))
+@click.option("--quiet", is_flag=True,
+              help="security-groups: the names alone, without the 'security-groups: ' key "
+                   "(as `ec2-metadata --quiet -s`).")
 @JSON_OPTION
-def metadata_cmd(world_path, instance, what, as_json):
-    """Metadata of INSTANCE: its security-groups (names, one per line, in the instance's
-    order, as `ec2-metadata -s` prints them; the default) or its peers (for each of its
-    groups, the other running members with their private addresses and tags)."""
+def metadata_cmd(world_path, instance, what, quiet, as_json):
+    """Metadata of INSTANCE: its security-groups (the default; names one per line in the
+    instance's order, exactly as `ec2-metadata -s` prints them: 'security-groups: ' before
+    the first, or 'not available' when it holds none) or its peers (for each of its groups,
+    the other running members with their private addresses and tags)."""
     world = load_world(world_path)
     if what == "security-groups":
         names = M.security_groups(world, instance)
         if as_json:
             terminal.emit_json({"instance": instance, "security_groups": names})
         else:
-            for name in names:
-                terminal.plain(name)
+            terminal.plain(M.ec2_metadata_text(names, quiet=quiet))
         return
     found = M.peers(world, instance)
     if as_json:

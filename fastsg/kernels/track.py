@@ -226,14 +226,19 @@ def _live_slot(slots, part_base, part_size, timeouts, now, val, ver, proto, xpor
 
 
 @njit(inline=True)
-def _refresh(slots, s, now, proto, egress):
+def _refresh(slots, s, now, proto, egress, inst, next_exp, timeouts):
     """A live flow's packet at ``now``: its last time, and a udp flow becomes a stream once
     a packet goes the other way than the inserting one (the state word read anew: both
-    checks of a packet to itself may refresh one slot)."""
+    checks of a packet to itself may refresh one slot).  A stream's timeout may be shorter
+    than udp's, so the promotion lowers ``next_exp[inst]`` (the instance's earliest expiry,
+    which decides whether a full table is swept) when it expires sooner."""
     w2 = slots[np.uint64(s), 2]
     slots[np.uint64(s), 3] = np.uint64(now)
-    if proto == 17 and ((w2 & INBOUND) != 0) == egress:
+    if proto == 17 and ((w2 & INBOUND) != 0) == egress and (w2 & STREAM) == 0:
         slots[np.uint64(s), 2] = w2 | STREAM
+        exp = now + timeouts[T_UDP_STREAM]
+        if exp < next_exp[np.uint64(inst)]:
+            next_exp[np.uint64(inst)] = exp
 
 
 @njit()
@@ -359,9 +364,9 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     ok = si >= 0
                 if ok:
                     if se >= 0:
-                        _refresh(slots, se, now, f_proto, True)
+                        _refresh(slots, se, now, f_proto, True, sv >> 1, next_exp, timeouts)
                     if si >= 0:
-                        _refresh(slots, si, now, f_proto, False)
+                        _refresh(slots, si, now, f_proto, False, dv >> 1, next_exp, timeouts)
                     verdict[iu] = ACCEPT
                     egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
                     ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
@@ -444,7 +449,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     w2 = slots[np.uint64(s), 2]
                     if np.int64(slots[np.uint64(s), 3]) + timeout_of(proto, w2, timeouts) >= now:
                         hit = True
-                        _refresh(slots, s, now, proto, egress)
+                        _refresh(slots, s, now, proto, egress, inst, next_exp, timeouts)
                         if rst:
                             slots[np.uint64(s), 2] = TOMB
                             stored[np.uint64(inst)] -= 1

@@ -213,6 +213,28 @@ def test_round_trip(tmp_path, example, ext, mutate):
         assert yaml.safe_load(path.read_text())["version"] == 1
 
 
+@pytest.mark.parametrize("ext", ["yaml", "json"])
+def test_round_trip_when_a_name_is_another_groups_id(tmp_path, ext):
+    # group sg-2 is *named* "sg-1": the id sg-1 alone is then ambiguous for an instance or
+    # a rule of that owner, so the file says 000000000000/sg-1 (found by a review: the
+    # reload failed with "sg-1 is ambiguous")
+    d = {"security_groups": [
+            {"id": "sg-1", "name": "web"},
+            {"id": "sg-2", "name": "sg-1",
+             "ingress": [{"protocol": "tcp", "ports": 22, "group": "web"}]},
+            {"id": "sg-3", "name": "db",
+             "ingress": [{"protocol": "tcp", "ports": 5432, "group": "000000000000/sg-1"}]}],
+         "instances": [{"id": "i-1", "private_ip": "10.0.0.1", "groups": ["web", "sg-2"]}]}
+    w = World.from_dict(d)
+    w.save(tmp_path / f"w.{ext}")
+    back = load_world(tmp_path / f"w.{ext}")
+    assert back == w and back.to_dict() == w.to_dict()
+    assert back.instances["i-1"].groups == ["sg-1", "sg-2"]
+    assert back.groups["sg-2"].ingress[0].group == "sg-1"
+    assert back.groups["sg-3"].ingress[0].group == "sg-1"
+    assert w.to_dict()["instances"][0]["groups"] == ["000000000000/sg-1", "sg-2"]
+
+
 def test_default_ids_survive_save_after_revoke(tmp_path, example):
     w = mutated(example)
     ids = [r.id for r in w.groups["sg-0a1b2c3d"].ingress]
@@ -307,6 +329,30 @@ def test_yaml_traps(tmp_path):
     assert w.groups["sg-2"].tags == {"since": "2020-01-01"}
     assert w.instances["i-1"].owner == "012345670123"       # not octal
     assert w.timeline[0].at_ns == 1700001000 * NS + 123456789
+
+
+def test_yaml_booleans_are_true_and_false_only(tmp_path):
+    # YAML 1.1 reads yes/no/on/off as booleans: a group named "off" or a tag "Backup: yes"
+    # would fail to load (found by a review); fastsg reads them as YAML 1.2 does, as text
+    (tmp_path / "w.yaml").write_text(
+        "security_groups:\n"
+        "  - {id: sg-1, name: off, tags: {Backup: yes, Env: no, Tier: On},\n"
+        "     ingress: [{protocol: tcp, ports: 22, cidr: 10.0.0.0/8, log: true}]}\n"
+        "instances: [{id: i-1, private_ip: 10.0.0.1, groups: [off], tags: {Spot: n}}]\n")
+    w = load_world(tmp_path / "w.yaml")
+    assert w.groups["sg-1"].name == "off"
+    assert w.groups["sg-1"].tags == {"Backup": "yes", "Env": "no", "Tier": "On"}
+    assert w.instances["i-1"].tags == {"Spot": "n"} and w.instances["i-1"].groups == ["sg-1"]
+    assert w.groups["sg-1"].ingress[0].log is True
+    w.save(tmp_path / "back.yaml")
+    assert load_world(tmp_path / "back.yaml") == w
+    # a boolean setting written the YAML 1.1 way is a clear error, not a silent string
+    (tmp_path / "w.yaml").write_text((tmp_path / "w.yaml").read_text().replace("log: true",
+                                                                               "log: yes"))
+    with pytest.raises(WorldError) as exc:
+        load_world(tmp_path / "w.yaml")
+    assert [str(p) for p in exc.value.problems] == [
+        'security_groups[0].ingress[0].log: "yes" is not true or false']
 
 
 def test_yaml_duplicate_key(tmp_path):

@@ -580,3 +580,38 @@ def test_input_is_not_modified_or_shared():
     assert d == before
     d["timeline"][0]["terminate"]["instance"] = "changed"
     assert w.timeline[0].args == {"instance": "i-web1"}
+
+
+# -- a problem that leaves a group's identity known hides nothing -----------------------
+
+def test_group_description_problem_does_not_hide_unknown_references():
+    # found by a review: any problem in a group's header used to mark the group index
+    # incomplete, which silenced every unknown-group-reference error of the file
+    d = {"security_groups": [{"id": "sg-a", "name": "a", "description": 5},
+                             {"id": "sg-b", "name": "b",
+                              "ingress": [{"protocol": "tcp", "ports": 22, "group": "sg-typo"}]}],
+         "instances": [{"id": "i1", "private_ip": "10.0.0.1", "groups": ["sg-nope"]}]}
+    got = problems(d)
+    assert len(got) == 3, got
+    assert got[0].startswith("security_groups[0].description: 5")
+    assert got[1].startswith('security_groups[1].ingress[0].group: "sg-typo" is not a group id')
+    assert got[2].startswith('instances[0].groups[0]: "sg-nope" is not a group id')
+
+
+def test_group_identity_problem_still_silences_references_it_may_explain():
+    # a misspelt "name" key: a reference by that name may mean this group, so it is not
+    # reported on top of the group's own problems
+    d = {"security_groups": [{"id": "sg-a", "nmae": "web"}],
+         "instances": [{"id": "i1", "private_ip": "10.0.0.1", "groups": ["web"]}]}
+    got = problems(d)
+    assert all(p.startswith("security_groups[0]") for p in got), got
+
+
+def test_instance_with_a_problem_still_has_its_address_and_id_checked():
+    d = {"instances": [{"id": "i1", "private_ip": "10.0.0.1", "tags": {"a": [1]}},
+                       {"id": "i2", "private_ip": "10.0.0.1"},
+                       {"id": "i1", "private_ip": "10.0.0.3"}]}
+    assert problems(d) == ['instances[0].tags.a: tag value [1] is not a string',
+                           'instances[1].private_ip: address "10.0.0.1" is already used by '
+                           'running instance i1',
+                           'instances[2].id: duplicate instance id "i1" (also instances[0])']

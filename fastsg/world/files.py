@@ -10,9 +10,10 @@ identical world, mutations included.  Settings (limits, conntrack, logging) are 
 written in full.
 
 Reading is strict where YAML 1.1 is treacherous: duplicate keys are errors, ISO timestamps
-stay strings (``datetime`` would cut nanoseconds), and integers with a leading zero
+stay strings (``datetime`` would cut nanoseconds), integers with a leading zero
 (``000000000000``, read as octal by YAML 1.1) or a colon (``22:23``, read as base 60) stay
-strings, as YAML 1.2 reads them.
+strings, and only true/false are booleans (``yes``, ``no``, ``on``, ``off`` stay strings), as
+YAML 1.2 reads them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..errors import Problem, WorldError
 from . import model
 from .model import (ANY, DEFAULT_OWNER, DEFAULT_PRIORITY, DIRECTIONS, PROTOCOL_NAMES,
                     Instance, Rule, SecurityGroup, default_egress_rules, default_rule_id)
-from .validate import NEXT_IDS_KEY, format_time
+from .validate import NEXT_IDS_KEY, GroupIndex, format_time
 
 _DEFAULT_ID_N = re.compile(r":(?:in|eg):(0|[1-9][0-9]*)$")
 
@@ -37,8 +38,24 @@ _DEFAULT_ID_N = re.compile(r":(?:in|eg):(0|[1-9][0-9]*)$")
 # ---------------------------------------------------------------------------------------
 # model -> file syntax
 
-def rule_to_dict(r: Rule, with_id: bool = True) -> dict:
-    """A rule in file syntax (its id only when ``with_id``)."""
+def group_reference(index: GroupIndex, gid: str, owner: str, region: str,
+                    preferred: str | None = None) -> str:
+    """Text naming group ``gid`` that resolves back to it, and to it alone, for a holder
+    (an instance, or a rule's group) of ``owner`` in ``region``: ``preferred`` (the text
+    the file used), else the id, else ``owner/id``, else the name.  An id can be ambiguous
+    when another group is *named* like it; ``owner/id`` then is not (ids have no "/")."""
+    g = index.by_id.get(gid)
+    if g is None:
+        return preferred or gid
+    for text in (preferred, gid, f"{g.owner}/{gid}", g.name):
+        if text and index.resolve(text, owner, region) == (gid, None):
+            return text
+    return gid
+
+
+def rule_to_dict(r: Rule, with_id: bool = True, ref=None) -> dict:
+    """A rule in file syntax (its id only when ``with_id``; ``ref(group_id, text)`` picks
+    the text of a group peer, see ``group_reference``)."""
     d = {"id": r.id} if with_id else {}
     d["protocol"] = PROTOCOL_NAMES.get(r.protocol, r.protocol)
     if r.uses_ports and (r.port_lo, r.port_hi) != (0, 65535):
@@ -50,7 +67,7 @@ def rule_to_dict(r: Rule, with_id: bool = True) -> dict:
     if r.cidr is not None:
         d["cidr"] = str(r.cidr)
     else:
-        d["group"] = r.group_ref or r.group
+        d["group"] = ref(r.group, r.group_ref) if ref else (r.group_ref or r.group)
     if r.action != "allow":
         d["action"] = r.action
     if r.priority != DEFAULT_PRIORITY:
@@ -62,7 +79,7 @@ def rule_to_dict(r: Rule, with_id: bool = True) -> dict:
     return d
 
 
-def _rules_to_dicts(g: SecurityGroup, direction: str) -> tuple[list, int]:
+def _rules_to_dicts(g: SecurityGroup, direction: str, ref=None) -> tuple[list, int]:
     """A rule list in file syntax and the id counter a load of it would end with.
 
     Mirrors ``validate.assign_rule_id``: a default id is left out when the load would give
@@ -71,7 +88,7 @@ def _rules_to_dicts(g: SecurityGroup, direction: str) -> tuple[list, int]:
     out, counter = [], 0
     for r in g.rules(direction):
         implied = not r.explicit_id and r.id == default_rule_id(g.id, direction, counter)
-        out.append(rule_to_dict(r, with_id=not implied))
+        out.append(rule_to_dict(r, with_id=not implied, ref=ref))
         m = None if r.explicit_id else _DEFAULT_ID_N.search(r.id)
         counter = int(m.group(1)) + 1 if m else counter + 1
     return out, counter
@@ -81,8 +98,13 @@ def _egress_is_default(g: SecurityGroup) -> bool:
     return not g.egress_given and g.next_eg == 2 and g.egress == default_egress_rules(g.id)
 
 
-def group_to_dict(g: SecurityGroup, world_region: str) -> dict:
-    """A group in file syntax."""
+def group_to_dict(g: SecurityGroup, world_region: str, index: GroupIndex | None = None) -> dict:
+    """A group in file syntax (``index``: the world's groups, for references that load back
+    unambiguously; see ``group_reference``)."""
+    ref = None
+    if index is not None:
+        def ref(gid, text):
+            return group_reference(index, gid, g.owner, g.region or world_region, text)
     d = {"id": g.id, "name": g.name}
     if g.owner != DEFAULT_OWNER:
         d["owner"] = g.owner
@@ -96,7 +118,7 @@ def group_to_dict(g: SecurityGroup, world_region: str) -> dict:
     for direction in DIRECTIONS:
         if direction == "egress" and _egress_is_default(g):
             continue
-        d[direction], derived = _rules_to_dicts(g, direction)
+        d[direction], derived = _rules_to_dicts(g, direction, ref)
         counter = g.next_in if direction == "ingress" else g.next_eg
         if counter != derived:
             ahead[direction] = counter
@@ -105,8 +127,9 @@ def group_to_dict(g: SecurityGroup, world_region: str) -> dict:
     return d
 
 
-def instance_to_dict(i: Instance, world_region: str) -> dict:
-    """An instance in file syntax (groups as ids)."""
+def instance_to_dict(i: Instance, world_region: str, index: GroupIndex | None = None) -> dict:
+    """An instance in file syntax (groups as ids; with ``index``, the world's groups, an id
+    another group is named like is written ``owner/id``: see ``group_reference``)."""
     d = {"id": i.id}
     for key in ("private_ip", "private_ipv6", "public_ip"):
         if getattr(i, key) is not None:
@@ -115,7 +138,9 @@ def instance_to_dict(i: Instance, world_region: str) -> dict:
         d["owner"] = i.owner
     if i.region and i.region != world_region:   # "" (an Instance made in code): the world's
         d["region"] = i.region
-    d["groups"] = list(i.groups)
+    region = i.region or world_region
+    d["groups"] = [group_reference(index, gid, i.owner, region) if index is not None else gid
+                   for gid in i.groups]
     if i.order is not None:
         d["order"] = i.order
     if i.tags:
@@ -131,10 +156,11 @@ def event_to_dict(e) -> dict:
 
 def world_to_dict(w) -> dict:
     """The whole world in file syntax; the pending timeline events in file order."""
+    index = GroupIndex(w.groups.values())
     d = {"version": w.version, "region": w.region, "order": w.order,
          "limits": dict(w.limits), "conntrack": dict(w.conntrack), "logging": dict(w.logging),
-         "security_groups": [group_to_dict(g, w.region) for g in w.groups.values()],
-         "instances": [instance_to_dict(i, w.region) for i in w.instances.values()]}
+         "security_groups": [group_to_dict(g, w.region, index) for g in w.groups.values()],
+         "instances": [instance_to_dict(i, w.region, index) for i in w.instances.values()]}
     pending = w.pending_events()
     if pending:
         d["timeline"] = [event_to_dict(e) for e in sorted(pending, key=lambda e: e.index)]
@@ -176,6 +202,14 @@ def _construct_int(loader: _Loader, node):
     return loader.construct_yaml_int(node)
 
 
+# booleans as YAML 1.2 reads them: true/false only, so a group named ``off`` or a tag
+# ``Backup: yes`` stays text (YAML 1.1 reads yes/no/on/off/y/n as booleans)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_str)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)

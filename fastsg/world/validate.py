@@ -584,10 +584,15 @@ def assign_rule_id(given: Optional[str], group_id: str, direction: str, counter:
 # groups
 
 def parse_group_header(data, path: str, probs: Problems, world_region: str):
-    """A group's own fields (no rules yet): a ``SecurityGroup`` shell, or None."""
+    """A group's own fields (no rules yet): ``(shell, known)``, the ``SecurityGroup`` shell
+    or None, and whether its identity (id, name, owner, region, and no unknown key that
+    may be a misspelt one of them) was read without a problem.  References are resolved
+    against known identities only; a problem elsewhere (description, tags) leaves the
+    identity known, so it hides no other problem of the file."""
     data = want_mapping(data, path, probs)
     if data is None:
-        return None
+        return None, False
+    start = len(probs)
     check_keys(data, GROUP_KEYS, path, probs)
     gid = required(data, "id", path, probs, want_str)
     if gid is not None and "/" in gid:
@@ -596,13 +601,14 @@ def parse_group_header(data, path: str, probs: Problems, world_region: str):
     name = required(data, "name", path, probs, want_str)
     owner = optional(data, "owner", path, probs, want_owner, DEFAULT_OWNER)
     region = optional(data, "region", path, probs, want_str, world_region)
+    known = len(probs) == start
     description = optional(data, "description", path, probs, want_description, None)
     tags = optional(data, "tags", path, probs, want_tags, {})
     if gid is None:
-        return None
+        return None, False
     return SecurityGroup(id=gid, name=name or "", owner=owner or DEFAULT_OWNER,
                          region=region or world_region, description=description,
-                         tags=tags or {})
+                         tags=tags or {}), known
 
 
 def parse_group_rules(g: SecurityGroup, data: dict, path: str, probs: Problems,
@@ -666,9 +672,8 @@ def parse_groups(value, probs: Problems, world_region: str) -> tuple[list, Group
     index.complete = entries is not None
     for i, data in enumerate(entries or ()):
         path = item("security_groups", i)
-        start = len(probs)
-        g = parse_group_header(data, path, probs, world_region)
-        index.complete &= len(probs) == start
+        g, known = parse_group_header(data, path, probs, world_region)
+        index.complete &= known
         if g is None:
             continue
         if g.id in first_at:
@@ -694,9 +699,20 @@ def parse_groups(value, probs: Problems, world_region: str) -> tuple[list, Group
 def parse_instance(data, path: str, probs: Problems, *, world_region: str, limit: int,
                    index: GroupIndex) -> Optional[Instance]:
     """An instance mapping -> ``Instance`` (groups resolved to ids), or None."""
+    inst, ok = _read_instance(data, path, probs, world_region=world_region, limit=limit,
+                              index=index)
+    return inst if ok else None
+
+
+def _read_instance(data, path: str, probs: Problems, *, world_region: str, limit: int,
+                   index: GroupIndex) -> tuple[Optional[Instance], bool]:
+    """``(instance, ok)``: the instance as far as it could be read (None when the entry is
+    not a mapping) and whether it was read without a problem.  An instance with a problem
+    still has its id and addresses checked against the others, so that every problem of
+    the file is reported at once."""
     data = want_mapping(data, path, probs)
     if data is None:
-        return None
+        return None, False
     start = len(probs)
     check_keys(data, INSTANCE_KEYS, path, probs)
     inst = Instance(
@@ -715,7 +731,7 @@ def parse_instance(data, path: str, probs: Problems, *, world_region: str, limit
     refs = optional(data, "groups", path, probs, want_list, [])
     if refs:
         inst.groups = _instance_groups(refs, inst, sub(path, "groups"), probs, limit, index)
-    return inst if len(probs) == start else None
+    return inst, len(probs) == start
 
 
 def _instance_groups(refs: list, inst: Instance, path: str, probs: Problems, limit: int,
@@ -763,9 +779,9 @@ def parse_instances(value, probs: Problems, world_region: str, limit: int,
     out, first_at, addresses = [], {}, {}
     for i, data in enumerate(entries):
         path = item("instances", i)
-        inst = parse_instance(data, path, probs, world_region=world_region, limit=limit,
-                              index=index)
-        if inst is None:
+        inst, ok = _read_instance(data, path, probs, world_region=world_region, limit=limit,
+                                  index=index)
+        if inst is None or not inst.id:
             continue
         if inst.id in first_at:
             probs.add(sub(path, "id"), f"duplicate instance id {quote(inst.id)} (also "
@@ -773,7 +789,8 @@ def parse_instances(value, probs: Problems, world_region: str, limit: int,
             continue
         first_at[inst.id] = path
         check_addresses(inst, path, probs, addresses, register=True)
-        out.append(inst)
+        if ok:
+            out.append(inst)
     return out
 
 

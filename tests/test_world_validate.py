@@ -615,3 +615,44 @@ def test_instance_with_a_problem_still_has_its_address_and_id_checked():
                            'instances[1].private_ip: address "10.0.0.1" is already used by '
                            'running instance i1',
                            'instances[2].id: duplicate instance id "i1" (also instances[0])']
+
+
+def test_timeline_problems_are_listed_with_the_others():
+    # found by a review: the timeline used to be judged only once the rest loaded, so a
+    # file with a bad CIDR hid its timeline's problems until the CIDR was fixed
+    d = {"security_groups": [
+            {"id": "sg-a", "name": "a", "ingress": [
+                {"protocol": "tcp", "ports": 22, "cidr": "10.0.0.300/8"},
+                {"id": "r1", "protocol": "tcp", "ports": 80, "cidr": "10.0.0.0/8"}]},
+            {"id": "sg-b", "name": "b", "ingress": [
+                {"id": "bad", "protocol": "tcp", "ports": 99999, "cidr": "10.0.0.0/8"}]}],
+         "instances": [{"id": "i-1", "private_ip": "10.0.0.1", "groups": ["sg-a"]},
+                       {"id": "i-2", "private_ip": "10.0.0.2", "tags": {"x": [1]}}],
+         "timeline": [{"at": 1, "attach": {"instance": "i-nope", "group": "sg-a"}},
+                      {"at": 2, "revoke": {"group": "sg-zz", "rule_id": "x"}},
+                      {"at": 3, "revoke": {"group": "sg-b", "rule_id": "bad"}},   # echo: not judged
+                      {"at": 4, "revoke": {"group": "sg-a", "rule_id": "r1"}},
+                      {"at": 5, "detach": {"instance": "i-1", "group": "sg-a"}},
+                      {"at": 6, "detach": {"instance": "i-1", "group": "sg-a"}},
+                      {"at": 7, "detach": {"instance": "i-2", "group": "sg-a"}}]}  # echo
+    got = problems(d)
+    assert got[:3] == [
+        'security_groups[0].ingress[0].cidr: "10.0.0.300/8" is not an IPv4 or IPv6 network',
+        'security_groups[1].ingress[0].ports: 99999 is out of range 0-65535',
+        'instances[1].tags.x: tag value [1] is not a string']
+    assert [p.split(":")[0] for p in got[3:]] == [
+        "timeline[0].attach.instance", "timeline[1].revoke.group", "timeline[5].detach.group"]
+    # each timeline problem is the one the file gives once the rest is fixed
+    fixed = copy.deepcopy(d)
+    fixed["security_groups"][0]["ingress"].pop(0)
+    fixed["security_groups"][1]["ingress"][0]["ports"] = 99
+    del fixed["instances"][1]["tags"]
+    del fixed["timeline"][6]
+    assert problems(fixed) == got[3:]
+
+
+def test_timeline_not_judged_when_an_identity_is_unknown():
+    # an instance entry without a readable id: any unknown instance could be that one
+    d = {"instances": [{"private_ip": "10.0.0.1"}],
+         "timeline": [{"at": 1, "terminate": {"instance": "i-x"}}]}
+    assert [p.split(":")[0] for p in problems(d)] == ["instances[0].id"]

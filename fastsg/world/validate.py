@@ -318,6 +318,10 @@ class GroupIndex:
         # False when some group of the file could not be read: an unknown reference may
         # then name it, and is not reported (the group's own problem is)
         self.complete = True
+        # groups read with a problem: id -> "header" (its own fields) or "rules" (a rule
+        # left out); timeline events that depend on what is missing are not judged
+        # against the half-read group (``build_world``)
+        self.flawed: dict = {}
         self.by_id: dict[str, SecurityGroup] = {}
         self.by_name: dict[tuple, str] = {}          # (owner, region, name) -> first group id
         self.by_region_name: dict[tuple, list] = {}  # (region, name) -> group ids, any owner
@@ -672,10 +676,13 @@ def parse_groups(value, probs: Problems, world_region: str) -> tuple[list, Group
     index.complete = entries is not None
     for i, data in enumerate(entries or ()):
         path = item("security_groups", i)
+        start = len(probs)
         g, known = parse_group_header(data, path, probs, world_region)
         index.complete &= known
         if g is None:
             continue
+        if len(probs) > start:
+            index.flawed[g.id] = "header"
         if g.id in first_at:
             probs.add(sub(path, "id"), f"duplicate group id {quote(g.id)} (also "
                                        f"{first_at[g.id]})")
@@ -689,7 +696,10 @@ def parse_groups(value, probs: Problems, world_region: str) -> tuple[list, Group
         shells.append((g, data, path))
     taken: dict[str, str] = {}
     for g, data, path in shells:
+        start = len(probs)
         parse_group_rules(g, data, path, probs, index, taken)
+        if len(probs) > start:
+            index.flawed.setdefault(g.id, "rules")
     return [g for g, _, _ in shells], index
 
 
@@ -773,14 +783,18 @@ def check_addresses(inst: Instance, path: str, probs: Problems, taken: dict,
 
 
 def parse_instances(value, probs: Problems, world_region: str, limit: int,
-                    index: GroupIndex) -> list:
-    """The ``instances`` list; ids unique, addresses unique among running instances."""
+                    index: GroupIndex, flawed: list | None = None) -> list:
+    """The ``instances`` list; ids unique, addresses unique among running instances.
+    ``flawed`` (out): the instances read with a problem, as far as they were read, and
+    None for an entry whose id could not be read."""
     entries = want_list(value, "instances", probs) or []
     out, first_at, addresses = [], {}, {}
     for i, data in enumerate(entries):
         path = item("instances", i)
         inst, ok = _read_instance(data, path, probs, world_region=world_region, limit=limit,
                                   index=index)
+        if flawed is not None and not ok:
+            flawed.append(inst if inst is not None and inst.id else None)
         if inst is None or not inst.id:
             continue
         if inst.id in first_at:
@@ -963,6 +977,65 @@ def simulate_timeline(world, events: list, probs: Problems, copy_first: bool = T
             probs.extend(e.problems)
 
 
+def _event_refs(ev) -> tuple[set, set]:
+    """The group references (text) and instance ids an event names."""
+    args = ev.args if isinstance(ev.args, dict) else {}
+    groups, instances = set(), set()
+    if ev.kind == "launch":
+        if isinstance(args.get("id"), str):
+            instances.add(args["id"])
+        refs = args.get("groups")
+        groups.update(r for r in (refs if isinstance(refs, list) else ()) if isinstance(r, str))
+    else:
+        if isinstance(args.get("group"), str):
+            groups.add(args["group"])
+        if isinstance(args.get("instance"), str):
+            instances.add(args["instance"])
+        rule = args.get("rule")
+        if isinstance(rule, dict) and isinstance(rule.get("group"), str):
+            groups.add(rule["group"])
+    return groups, instances
+
+
+def _judge_timeline_anyway(cls, groups, instances, flawed, index, settings, events,
+                           probs: Problems) -> None:
+    """The timeline's problems when the rest of the file has some too, so that one load
+    lists every problem (spec section 1).  The events are applied to the world as far as
+    it was read; an event that depends on what a problem left out (an instance read with a
+    problem, or one such an event launched; a group whose own fields had a problem; the
+    rules of a group that lost one) is not judged, since its problem could be a mere echo.  Nothing is judged when a group's or instance's identity could not be read (any
+    unknown name might be that one)."""
+    if not index.complete or any(inst is None for inst in flawed):
+        return
+    try:
+        world = cls(groups=groups, instances=instances + [i for i in flawed
+                                                           if i.id not in {j.id for j in instances}],
+                    **settings)
+    except Exception:           # the half-read parts do not even make a world: judge nothing
+        return
+    bad_instances = {i.id for i in flawed}
+    for ev in events:
+        refs, ids = _event_refs(ev)
+        named = set()
+        for ref in refs:
+            gid, _ = index.resolve(ref, None, world.region)
+            named.update([gid] if gid is not None else [])
+            named.update(g for g in index.by_region_name.get((world.region, ref), ()))
+        # a group whose header had a problem taints every event naming it; one that lost
+        # a rule, only the events about its rules
+        echo = bool(ids & bad_instances) or any(
+            index.flawed.get(g) == "header"
+            or (index.flawed.get(g) == "rules" and ev.kind in ("authorize", "revoke"))
+            for g in named)
+        try:
+            world.apply_event(ev)
+        except WorldError as e:
+            if echo:
+                bad_instances |= ids            # what it launched or changed is unknown now
+            else:
+                probs.extend(e.problems)
+
+
 # ---------------------------------------------------------------------------------------
 # the whole world
 
@@ -976,8 +1049,11 @@ def build_world(cls, data, source: str | None = None):
     settings = parse_settings(data, probs)
     region, limit = settings["region"], settings["limits"]["groups_per_instance"]
     groups, index = parse_groups(data.get("security_groups", []), probs, region)
-    instances = parse_instances(data.get("instances", []), probs, region, limit, index)
+    flawed: list = []
+    instances = parse_instances(data.get("instances", []), probs, region, limit, index, flawed)
     events = parse_timeline(data.get("timeline", []), probs)
+    if probs and events:
+        _judge_timeline_anyway(cls, groups, instances, flawed, index, settings, events, probs)
     probs.raise_if_any(source)
     world = cls(groups=groups, instances=instances, **settings)
     if events:

@@ -101,10 +101,8 @@ def _egress_is_default(g: SecurityGroup) -> bool:
 def group_to_dict(g: SecurityGroup, world_region: str, index: GroupIndex | None = None) -> dict:
     """A group in file syntax (``index``: the world's groups, for references that load back
     unambiguously; see ``group_reference``)."""
-    ref = None
-    if index is not None:
-        def ref(gid, text):
-            return group_reference(index, gid, g.owner, g.region or world_region, text)
+    ref = None if index is None else (
+        lambda gid, text: group_reference(index, gid, g.owner, g.region or world_region, text))
     d = {"id": g.id, "name": g.name}
     if g.owner != DEFAULT_OWNER:
         d["owner"] = g.owner

@@ -466,6 +466,16 @@ def test_stream_promotion_to_a_shorter_timeout_frees_capacity_on_time():
            [(A, None, "dns"), (A, CT, None), (A, None, "dns")])
 
 
+def test_one_way_udp_flow_keeps_its_long_timeout_when_the_stream_one_is_shorter():
+    # the same settings, no reply: the flow is no stream and lives until 0 + 100, so at
+    # t=10 the table is full (the earliest *possible* expiry, 0 + 1, only starts a sweep)
+    q = pkt(EXT, S, UDP, sport=5000, dport=53, t=0)
+    expect(world(capacity=1, udp_timeout=100, udp_stream_timeout=1),
+           [q, pkt(ROUTER, S, UDP, sport=6000, dport=53, t=10), pkt(EXT, S, UDP, sport=5000,
+                                                                      dport=53, t=11)],
+           [(A, None, "dns"), (D, None, FULL), (A, None, CT)])
+
+
 def test_conntrack_full_at_ingress():
     expect(world(capacity=1),
            [pkt(EXT, S, sport=1, t=0), pkt(C, S, sport=2, t=0)],

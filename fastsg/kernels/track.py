@@ -146,6 +146,18 @@ def timeout_of(proto, w2, timeouts):
 
 
 @njit(inline=True)
+def expiry_bound_timeout(proto, w2, timeouts):
+    """The timeout that bounds a flow's expiry from below whatever its next packets do: a
+    udp flow not yet a stream may become one at a later packet, and the stream timeout
+    may be the shorter (a promotion at time t >= last expires at t + stream >= last +
+    min(udp, stream)).  ``next_exp`` (an instance's earliest possible expiry, which decides
+    when a full table is swept) is kept with it, so a refresh never has to lower it."""
+    if proto == 17 and (w2 & STREAM) == 0:
+        return min(timeouts[T_UDP], timeouts[T_UDP_STREAM])
+    return timeout_of(proto, w2, timeouts)
+
+
+@njit(inline=True)
 def entry_proto(w2):
     return np.int64((w2 >> np.uint64(50)) & np.uint64(0xFF))
 
@@ -226,19 +238,14 @@ def _live_slot(slots, part_base, part_size, timeouts, now, val, ver, proto, xpor
 
 
 @njit(inline=True)
-def _refresh(slots, s, now, proto, egress, inst, next_exp, timeouts):
+def _refresh(slots, s, now, proto, egress):
     """A live flow's packet at ``now``: its last time, and a udp flow becomes a stream once
     a packet goes the other way than the inserting one (the state word read anew: both
-    checks of a packet to itself may refresh one slot).  A stream's timeout may be shorter
-    than udp's, so the promotion lowers ``next_exp[inst]`` (the instance's earliest expiry,
-    which decides whether a full table is swept) when it expires sooner."""
+    checks of a packet to itself may refresh one slot)."""
     w2 = slots[np.uint64(s), 2]
     slots[np.uint64(s), 3] = np.uint64(now)
-    if proto == 17 and ((w2 & INBOUND) != 0) == egress and (w2 & STREAM) == 0:
+    if proto == 17 and ((w2 & INBOUND) != 0) == egress:
         slots[np.uint64(s), 2] = w2 | STREAM
-        exp = now + timeouts[T_UDP_STREAM]
-        if exp < next_exp[np.uint64(inst)]:
-            next_exp[np.uint64(inst)] = exp
 
 
 @njit()
@@ -249,12 +256,13 @@ def _sweep(slots, base, size, inst, part, now, timeouts, stored):
         w2 = slots[s, 2]
         if (w2 & OCC) == 0 or entry_inst(w2, part) != inst:
             continue
-        exp = np.int64(slots[s, 3]) + timeout_of(entry_proto(w2), w2, timeouts)
-        if exp < now:
+        proto = entry_proto(w2)
+        last = np.int64(slots[s, 3])
+        if last + timeout_of(proto, w2, timeouts) < now:
             slots[s, 2] = TOMB
             stored[inst] -= 1
-        elif exp < least:
-            least = exp
+        elif last + expiry_bound_timeout(proto, w2, timeouts) < least:
+            least = last + expiry_bound_timeout(proto, w2, timeouts)
     return least
 
 
@@ -364,9 +372,9 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     ok = si >= 0
                 if ok:
                     if se >= 0:
-                        _refresh(slots, se, now, f_proto, True, sv >> 1, next_exp, timeouts)
+                        _refresh(slots, se, now, f_proto, True)
                     if si >= 0:
-                        _refresh(slots, si, now, f_proto, False, dv >> 1, next_exp, timeouts)
+                        _refresh(slots, si, now, f_proto, False)
                     verdict[iu] = ACCEPT
                     egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
                     ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
@@ -449,7 +457,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     w2 = slots[np.uint64(s), 2]
                     if np.int64(slots[np.uint64(s), 3]) + timeout_of(proto, w2, timeouts) >= now:
                         hit = True
-                        _refresh(slots, s, now, proto, egress, inst, next_exp, timeouts)
+                        _refresh(slots, s, now, proto, egress)
                         if rst:
                             slots[np.uint64(s), 2] = TOMB
                             stored[np.uint64(inst)] -= 1
@@ -532,7 +540,7 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                             slots[np.uint64(s), 1] = peer_lo
                         slots[np.uint64(s), 2] = state
                         slots[np.uint64(s), 3] = np.uint64(now)
-                        exp = now + timeout_of(proto, state, timeouts)
+                        exp = now + expiry_bound_timeout(proto, state, timeouts)
                         if exp < next_exp[np.uint64(inst)]:
                             next_exp[np.uint64(inst)] = exp
             v = cv

@@ -148,8 +148,10 @@ def rule_dicts(draw, own, groups, rule_ids, previous=None):
             c = draw(st.sampled_from((None, -1) + ICMP_CODES + ICMP_CODES))
             if c is not None:
                 rule["icmp_code"] = c
-        elif t == -1 and draw(st.booleans()):
-            rule["icmp_code"] = -1
+        elif draw(st.booleans()):
+            # any type: no code, or (spec section 1: each field "-1 or omitted = any") one
+            # code of every type
+            rule["icmp_code"] = draw(st.sampled_from((-1, -1) + ICMP_CODES))
     # the peer: a CIDR or a group in the same region
     same_region = [g for g in groups if g["region"] == own["region"]]
     if same_region and draw(st.integers(0, 2)) == 0:
@@ -282,6 +284,7 @@ DENSE_MATCHES = (
     {"protocol": "icmp", "icmp_type": 3, "icmp_code": 1, "cidr": "192.0.2.0/24"},
     {"protocol": "icmp", "icmp_type": 3, "cidr": "192.0.2.0/24"},
     {"protocol": "icmp", "cidr": "192.0.2.0/25"},
+    {"protocol": "icmp", "icmp_code": 1, "cidr": "192.0.2.0/24"},
     {"protocol": "all", "cidr": "::/0"},
     {"protocol": "tcp", "ports": 80, "cidr": "2001:db8:ff::/48"},
     {"protocol": "icmpv6", "icmp_type": 128, "cidr": "::/0"},

@@ -776,6 +776,7 @@ security_groups:
       - {protocol: all, cidr: 10.66.0.0/16, action: deny}
       - {protocol: tcp, ports: 80, cidr: 10.0.0.0/8, priority: 5, log: true}
       - {protocol: udp, ports: 53, cidr: 10.0.0.0/8, action: reject}
+      - {protocol: icmp, icmp_code: 4, cidr: 10.0.0.0/8}
 instances:
   - {id: i-1, private_ip: 10.0.0.1, groups: [sg-1], order: priority}
 timeline:
@@ -790,10 +791,12 @@ def test_export_refuses_what_aws_cannot_express():
     assert paths(e.value.problems) == [
         "order", "instances[0].order", "conntrack.tcp_timeout", "timeline",
         "security_groups[0].ingress[1].action", "security_groups[0].ingress[2].priority",
-        "security_groups[0].ingress[2].log", "security_groups[0].ingress[3].action"]
+        "security_groups[0].ingress[2].log", "security_groups[0].ingress[3].action",
+        "security_groups[0].ingress[4].icmp_code"]
     assert "not exportable to AWS" in str(e.value)
+    assert "AWS needs a type for a code" in str(e.value)
     out = export_aws(w, allow_lossy=True)
-    assert len(out.lossy) == 8
+    assert len(out.lossy) == 9
     perms = out.security_groups["SecurityGroups"][0]["IpPermissions"]
     assert [(p["IpProtocol"], p["FromPort"]) for p in perms] == [("tcp", 22), ("tcp", 80)]
     assert [r["SecurityGroupRuleId"] for r in out.rules["SecurityGroupRules"]] == [

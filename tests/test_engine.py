@@ -147,6 +147,23 @@ def test_linear_baseline_decides_like_the_engine():
         assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_linear_baseline_decides_like_the_engine_on_random_worlds(data):
+    # random worlds hold every rule shape the spec allows (ICMP codes of any type included)
+    world = World.from_dict(data.draw(world_dicts()))
+    batch = data.draw(packet_batches(world, n_min=1, n_max=60))
+    engine = Engine(world, stateful=False)
+    res = engine.classify(batch)
+    tables = build_linear(engine._compiler)
+    for scan_all in (False, True):
+        v = np.empty(len(batch), np.uint8)
+        e = np.empty(len(batch), np.int32)
+        i = np.empty(len(batch), np.int32)
+        _classify_linear(engine.compiled.kernel, tables, batch.kernel_columns(), scan_all, v, e, i)
+        assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
+
+
 def test_engine_is_stateful_by_default():
     engine = Engine(_world())
     assert engine.stateful and engine.tracker is not None

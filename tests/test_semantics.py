@@ -367,6 +367,27 @@ def test_icmp_type_and_code():
             (D, None, "default"), (A, None, "v6any"), (D, None, "default")])
 
 
+def test_icmp_code_of_any_type():
+    # spec section 1: icmp_type and icmp_code are each "-1 or omitted = any", so a code
+    # alone matches that code of every type (AWS refuses such a rule; fastsg worlds may say it)
+    w = make_world([sg("sg-a", ingress=[rule("c13", protocol="icmp", icmp_code=13, cidr="0.0.0.0/0"),
+                                        rule("c0", protocol="icmpv6", icmp_type=-1, icmp_code=0,
+                                             cidr="::/0")])],
+                   [inst("i-a", "10.0.0.1", ["sg-a"], private_ipv6="2001:db8::1")])
+    expect(w, [P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=3, icmp_code=13),
+               P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=0, icmp_code=13),
+               P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=255, icmp_code=13),
+               P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=3, icmp_code=12),
+               P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=3, icmp_code=14),
+               P("192.0.2.1", "10.0.0.1", proto=1, icmp_type=3, icmp_code=13, frag=1),
+               P("2001:db8::9", "2001:db8::1", proto=58, icmp_type=128, icmp_code=0),
+               P("2001:db8::9", "2001:db8::1", proto=58, icmp_type=1, icmp_code=0),
+               P("2001:db8::9", "2001:db8::1", proto=58, icmp_type=1, icmp_code=4)],
+           [(A, None, "c13"), (A, None, "c13"), (A, None, "c13"), (D, None, "default"),
+            (D, None, "default"), (D, None, "default"), (A, None, "c0"), (A, None, "c0"),
+            (D, None, "default")])
+
+
 def test_nonfirst_fragment_matches_only_full_port_range():
     w = make_world([sg("sg-a", ingress=[rule("p80", ports=80, cidr="192.0.2.0/24"),
                                         rule("full", ports="0-65535", cidr="198.51.100.0/24"),

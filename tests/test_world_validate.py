@@ -119,12 +119,15 @@ def test_icmp_fields_on_other_protocols(key, protocol):
     assert f"{key} 8 given for protocol" in p.message
 
 
-def test_icmp_code_needs_a_type():
-    d = small()
-    path = ingress_rule(d, {"protocol": "icmp", "icmp_code": 3, "cidr": "10.0.0.0/8"})
-    p = only_problem(d)
-    assert p.path == f"{path}.icmp_code"
-    assert "icmp_code 3 needs an icmp_type" in p.message
+def test_icmp_code_without_a_type_means_any_type():
+    # spec section 1: each of icmp_type and icmp_code is "-1 or omitted = any"
+    for fields in ({"icmp_code": 3}, {"icmp_type": -1, "icmp_code": 3}):
+        d = small()
+        ingress_rule(d, {"protocol": "icmp", **fields, "cidr": "10.0.0.0/8"})
+        w = World.from_dict(d)
+        r = w.groups[d["security_groups"][0]["id"]].ingress[-1]
+        assert (r.icmp_type, r.icmp_code) == (-1, 3)
+        assert World.from_dict(w.to_dict()) == w
 
 
 def test_icmp_type_out_of_range():

@@ -423,10 +423,13 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
             proto_slot[q] = s
             slot_proto[s] = q
             s += 1
-    # ---- per rule: port-key range [klo, kend) within its own slot, or wild
+    # ---- per rule: port-key range [klo, kend) within its own slot, or wild; an ICMP rule
+    # with a code and any type (``code_only``) holds the 256 keys type*256 + code instead
     wild = np.zeros(n, np.bool_)
     klo = np.zeros(n, np.int64)
     kend = np.zeros(n, np.int64)
+    code_only = np.zeros(n, np.bool_)
+    n_ranges = 0
     slot_count = np.zeros(nslots + 1, np.int64)
     n_all = 0
     for p in range(n):
@@ -446,7 +449,12 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
                 else:
                     klo[p] = rows[p, R_TYPE] * 256 + rows[p, R_CODE]
                     kend[p] = klo[p] + 1
+            elif rows[p, R_CODE] >= 0:
+                w = False
+                code_only[p] = True
         wild[p] = w
+        if not w:
+            n_ranges += 256 if code_only[p] else 1
         if pr >= 0:
             slot_count[np.int64(proto_slot[pr]) + 1] += 1
         else:
@@ -505,7 +513,7 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
     for j in range(n):
         skey[srt[j]] = j
     # ---- pass 1: classes (member sets, deduplicated by hash) and port tables
-    max_cls = 2 * nslots + 2 * n + 2
+    max_cls = 2 * nslots + 2 * n_ranges + 2
     hsize = 16
     while hsize < 2 * max_cls:
         hsize *= 2
@@ -520,8 +528,8 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
     slot_wild = np.full(nslots, -1, np.int32)
     slot_pt_start = np.zeros(nslots, np.int32)
     slot_pt_len = np.zeros(nslots, np.int32)
-    pt_key = np.empty(2 * n + nslots, np.int32)
-    pt_cls = np.empty(2 * n + nslots, np.int32)
+    pt_key = np.empty(2 * n_ranges + nslots, np.int32)
+    pt_cls = np.empty(2 * n_ranges + nslots, np.int32)
     npt = 0
     all_hi = np.uint64(0)
     all_lo = np.uint64(0)
@@ -555,28 +563,38 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
         m = 0
         for j in range(b0, b1):
             if not wild[by_slot[j]]:
-                m += 1
+                m += 256 if code_only[by_slot[j]] else 1
         slot_pt_start[s] = npt
         if m == 0:
             continue
-        ranged = np.empty(m, np.int64)
+        # the slot's key ranges [r_lo, r_end) and their rules (a rule's ranges are disjoint,
+        # so it is active in at most one at a time)
+        r_rule = np.empty(m, np.int64)
+        r_lo = np.empty(m, np.int64)
+        r_end = np.empty(m, np.int64)
         m = 0
         for j in range(b0, b1):
-            if not wild[by_slot[j]]:
-                ranged[m] = by_slot[j]
+            p = by_slot[j]
+            if wild[p]:
+                continue
+            if code_only[p]:
+                for t in range(256):
+                    r_rule[m] = p
+                    r_lo[m] = t * 256 + rows[p, R_CODE]
+                    r_end[m] = r_lo[m] + 1
+                    m += 1
+            else:
+                r_rule[m] = p
+                r_lo[m] = klo[p]
+                r_end[m] = kend[p]
                 m += 1
         vals = np.empty(m, np.uint64)
         for j in range(m):
-            vals[j] = np.uint64(klo[ranged[j]])
-        perm = _argsort(vals)
-        adds = np.empty(m, np.int64)
+            vals[j] = np.uint64(r_lo[j])
+        adds = _argsort(vals)
         for j in range(m):
-            adds[j] = ranged[perm[j]]
-            vals[j] = np.uint64(kend[ranged[j]])
-        perm = _argsort(vals)
-        ends = np.empty(m, np.int64)
-        for j in range(m):
-            ends[j] = ranged[perm[j]]
+            vals[j] = np.uint64(r_end[j])
+        ends = _argsort(vals)
         ia = 0
         ie = 0
         n_act = 0
@@ -584,8 +602,8 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
         h_lo = np.uint64(0)
         k = np.int64(0)
         while True:
-            while ie < m and kend[ends[ie]] == k:
-                p = ends[ie]
+            while ie < m and r_end[ends[ie]] == k:
+                p = r_rule[ends[ie]]
                 ie += 1
                 h_hi ^= zob[p, 0]
                 h_lo ^= zob[p, 1]
@@ -594,8 +612,8 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
                 last = active[n_act]
                 active[w] = last
                 where[last] = w
-            while ia < m and klo[adds[ia]] == k:
-                p = adds[ia]
+            while ia < m and r_lo[adds[ia]] == k:
+                p = r_rule[adds[ia]]
                 ia += 1
                 h_hi ^= zob[p, 0]
                 h_lo ^= zob[p, 1]
@@ -611,11 +629,11 @@ def _compile(order, rows, ridx, glocal, gglob, zob):
                 pt_cls[npt] = c
                 npt += 1
             if ia < m:
-                k = klo[adds[ia]]
-                if ie < m and kend[ends[ie]] < k:
-                    k = kend[ends[ie]]
+                k = r_lo[adds[ia]]
+                if ie < m and r_end[ends[ie]] < k:
+                    k = r_end[ends[ie]]
             elif ie < m:
-                k = kend[ends[ie]]
+                k = r_end[ends[ie]]
             else:
                 break
         slot_pt_len[s] = npt - slot_pt_start[s]

@@ -67,6 +67,8 @@ def _classify_linear(t, L, p, scan_all, verdict, egress_rule, ingress_rule):
                     rp = L.proto[r]
                     if (rp != -1 and rp != pr) or key < L.key_lo[r] or key > L.key_hi[r]:
                         continue
+                    if L.key_code[r] >= 0 and (key & 255) != L.key_code[r]:
+                        continue            # an ICMP code of any type
                     kind = L.kind[r]
                     hit = False
                     if kind == 0:

@@ -930,7 +930,13 @@ class _Importer:
                 return (0, 65535)
             return (lo, hi)
         if proto in ICMP_PROTOCOLS:
-            return (ANY if lo is _MISSING else lo, ANY if hi is _MISSING else hi)
+            t, c = (ANY if lo is _MISSING else lo, ANY if hi is _MISSING else hi)
+            if t == ANY and isinstance(c, int) and not isinstance(c, bool) and c != ANY:
+                # fastsg worlds may say this (any type, one code); AWS refuses it
+                r.error(_key(path, "ToPort"), f"icmp_code {c} needs an icmp_type (AWS refuses "
+                                              "an ICMP code with all types)")
+                return None
+            return (t, c)
         if warn_ignored:
             for k, v in (("FromPort", lo), ("ToPort", hi)):
                 if v is not _MISSING and v != -1:
@@ -1248,10 +1254,11 @@ def export_aws(world: World, *, allow_lossy: bool = False) -> ExportResult:
     """A world's security groups as AWS describes them.
 
     AWS rules are allow-only under EC2's order: deny/reject rules, orders other than
-    ``allow,deny``, rule priorities and ``log`` flags, non-default conntrack/logging settings
-    and pending timeline events cannot be exported.  They are listed in ``lossy``; unless
-    ``allow_lossy``, a ``WorldError`` listing them is raised instead.  With ``allow_lossy``,
-    deny/reject rules are left out and the rest ignored.  Instances are not exported.
+    ``allow,deny``, rule priorities and ``log`` flags, ICMP rules with a code and any type,
+    non-default conntrack/logging settings and pending timeline events cannot be exported.
+    They are listed in ``lossy``; unless ``allow_lossy``, a ``WorldError`` listing them is
+    raised instead.  With ``allow_lossy``, deny/reject rules and code-only ICMP rules are
+    left out and the rest ignored.  Instances are not exported.
     """
     with world.lock:
         lossy = _lossy(world)
@@ -1302,7 +1309,16 @@ def _lossy(world: World) -> list:
                 if rule.log:
                     out.append(Problem(f"{path}.log", f"rule {rule.id} logs its packets: AWS "
                                                       "rules have no log flag"))
+                if _code_only(rule):
+                    out.append(Problem(f"{path}.icmp_code", f"rule {rule.id} matches ICMP code "
+                                                            f"{rule.icmp_code} of any type: AWS "
+                                                            "needs a type for a code (left out)"))
     return out
+
+
+def _code_only(rule) -> bool:
+    """An ICMP rule with a code and any type, which AWS cannot express."""
+    return rule.uses_icmp and rule.icmp_type == ANY and rule.icmp_code != ANY
 
 
 def _arn(region: str, owner: str, gid: str) -> str:
@@ -1360,7 +1376,7 @@ def _permissions(world: World, g, direction: str, rules_out: list) -> list:
     peers come in the import's order (IPv4, IPv6, groups)."""
     perms, cur, cur_l4, cur_kind = [], None, None, -1
     for rule in g.rules(direction):
-        if rule.action != "allow":
+        if rule.action != "allow" or _code_only(rule):
             continue
         l4, kind = _l4(rule), _peer_kind(rule)
         if cur is None or l4 != cur_l4 or kind < cur_kind:

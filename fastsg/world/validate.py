@@ -490,10 +490,6 @@ def _rule_l4(data: dict, proto: int, path: str, probs: Problems) -> dict:
             checked = want_int(v, sub(path, key), probs, -1, 255)
             if checked is not None:
                 out[key] = checked
-    type_read = icmp["icmp_type"] is MISSING or "icmp_type" in out   # a bad type: said above
-    if out.get("icmp_code", ANY) != ANY and type_read and out.get("icmp_type", ANY) == ANY:
-        probs.add(sub(path, "icmp_code"), f"icmp_code {out['icmp_code']} needs an icmp_type "
-                                          "(a code without a type is refused, as in AWS)")
     return out
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from ..errors import Problem, WorldError
-from .model import (ACTIONS, ANY, DEFAULT_CONNTRACK, DEFAULT_LIMITS, DEFAULT_LOGGING,
+from .model import (ACTIONS, DEFAULT_CONNTRACK, DEFAULT_LIMITS, DEFAULT_LOGGING,
                     DEFAULT_ORDER, DEFAULT_OWNER, DEFAULT_PRIORITY, DEFAULT_REGION,
                     DIRECTION_TAGS, DIRECTIONS, EVENT_KINDS, ICMP_PROTOCOLS,
                     MAX_GROUPS_PER_INSTANCE, ORDERS, PORT_PROTOCOLS, PROTO_ALL, PROTOCOL_NAMES,

@@ -351,6 +351,19 @@ def test_mutation_breaking_the_timeline_is_refused(tw, call, fragment):
     assert fragment in str(err)
 
 
+def test_event_made_in_code_breaking_the_timeline_is_refused(tw):
+    # an event that is not one of the world's timeline is a mutation like the others
+    # (found by a review: apply_event skipped the pending-timeline check for it)
+    before = tw.to_dict()
+    with pytest.raises(WorldError) as exc:
+        tw.apply_event(TimelineEvent(5, "revoke", {"group": "sg-web", "rule_id": "sg-web:in:1"}))
+    assert "the timeline would no longer apply" in str(exc.value)
+    assert "timeline[2].revoke.rule_id" in str(exc.value)
+    assert tw.to_dict() == before and tw.revision == 0
+    tw.apply_event(TimelineEvent(5, "attach", {"instance": "i-admin", "group": "web"}))
+    assert tw.revision == 1 and len(tw.pending_events()) == 3
+
+
 def test_mutation_compatible_with_the_timeline(tw):
     tw.authorize("sg-web", "ingress", SSH)
     tw.attach("i-admin", "web")

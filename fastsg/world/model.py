@@ -349,12 +349,19 @@ class World:
             if own and event.index in self._applied:
                 probs.add(prefix, "this timeline event was already applied")
             _v.check_event_args(event.kind, event.args, event.kind, probs)
+
+            def mutate(world):
+                if event.kind == "launch":
+                    return world._launch(event.args)
+                return getattr(world, f"_{event.kind}")(**event.args)
             try:
                 probs.raise_if_any()
-                if event.kind == "launch":
-                    self._launch(event.args)
+                if own:
+                    mutate(self)        # the timeline's own event, applied in its turn
                 else:
-                    getattr(self, f"_{event.kind}")(**event.args)
+                    # an event made in code is a mutation like any other: refused if it
+                    # would make a pending event of the timeline fail
+                    self._checked(event.kind, mutate)
             except WorldError as e:
                 raise WorldError([Problem(_v.sub(prefix, p.path), p.message)
                                   for p in e.problems]) from None

@@ -133,10 +133,8 @@ def test_flow_cache_and_threads_change_nothing(data):
         assert _tuples(Engine(world, stateful=False, **kwargs), batch) == expected, kwargs
 
 
-def test_linear_baseline_decides_like_the_engine():
-    w = World.from_dict(generate_world(500, 20, 100, deny_share=0.2, seed=5))
-    engine = Engine(w, stateful=False)
-    batch = generate_traffic(w, 5000, stateful=False, seed=6)
+def _assert_linear_decides_like(engine, batch):
+    """The linear baseline (both scan modes) gives the engine's verdicts and rules."""
     res = engine.classify(batch)
     tables = build_linear(engine._compiler)
     for scan_all in (False, True):
@@ -145,6 +143,13 @@ def test_linear_baseline_decides_like_the_engine():
         i = np.empty(len(batch), np.int32)
         _classify_linear(engine.compiled.kernel, tables, batch.kernel_columns(), scan_all, v, e, i)
         assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
+
+
+def test_linear_baseline_decides_like_the_engine():
+    w = World.from_dict(generate_world(500, 20, 100, deny_share=0.2, seed=5))
+    engine = Engine(w, stateful=False)
+    batch = generate_traffic(w, 5000, stateful=False, seed=6)
+    _assert_linear_decides_like(engine, batch)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -154,14 +159,7 @@ def test_linear_baseline_decides_like_the_engine_on_random_worlds(data):
     world = World.from_dict(data.draw(world_dicts()))
     batch = data.draw(packet_batches(world, n_min=1, n_max=60))
     engine = Engine(world, stateful=False)
-    res = engine.classify(batch)
-    tables = build_linear(engine._compiler)
-    for scan_all in (False, True):
-        v = np.empty(len(batch), np.uint8)
-        e = np.empty(len(batch), np.int32)
-        i = np.empty(len(batch), np.int32)
-        _classify_linear(engine.compiled.kernel, tables, batch.kernel_columns(), scan_all, v, e, i)
-        assert (v == res.verdict).all() and (e == res.egress_rule).all() and (i == res.ingress_rule).all()
+    _assert_linear_decides_like(engine, batch)
 
 
 def test_engine_is_stateful_by_default():

@@ -261,8 +261,8 @@ def _sweep(slots, base, size, inst, part, now, timeouts, stored):
         if last + timeout_of(proto, w2, timeouts) < now:
             slots[s, 2] = TOMB
             stored[inst] -= 1
-        elif last + expiry_bound_timeout(proto, w2, timeouts) < least:
-            least = last + expiry_bound_timeout(proto, w2, timeouts)
+        else:
+            least = min(least, last + expiry_bound_timeout(proto, w2, timeouts))
     return least
 
 

@@ -931,7 +931,7 @@ class _Importer:
             return (lo, hi)
         if proto in ICMP_PROTOCOLS:
             t, c = (ANY if lo is _MISSING else lo, ANY if hi is _MISSING else hi)
-            if t == ANY and isinstance(c, int) and not isinstance(c, bool) and c != ANY:
+            if t == ANY and c != ANY:
                 # fastsg worlds may say this (any type, one code); AWS refuses it
                 r.error(_key(path, "ToPort"), f"icmp_code {c} needs an icmp_type (AWS refuses "
                                               "an ICMP code with all types)")

@@ -1003,9 +1003,9 @@ def _judge_timeline_anyway(cls, groups, instances, flawed, index, settings, even
     unknown name might be that one)."""
     if not index.complete or any(inst is None for inst in flawed):
         return
+    read = {i.id for i in instances}
     try:
-        world = cls(groups=groups, instances=instances + [i for i in flawed
-                                                           if i.id not in {j.id for j in instances}],
+        world = cls(groups=groups, instances=instances + [i for i in flawed if i.id not in read],
                     **settings)
     except Exception:           # the half-read parts do not even make a world: judge nothing
         return

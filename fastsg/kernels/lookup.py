@@ -160,15 +160,17 @@ def ranked_outcome(I, o_rank, prec, best):
 
 @njit(inline=True)
 def port_key(proto, dport, icmp_type, icmp_code, frag):
-    """The packet's port key (see compile/policy.py): int32."""
-    key = np.int32(0)
-    if frag != 0:
-        key = np.int32(FRAG_KEY)
-    elif proto == 6 or proto == 17:
-        key = np.int32(dport)
-    elif proto == 1 or proto == 58:
-        key = np.int32(icmp_type) * 256 + np.int32(icmp_code)
-    return key
+    """The packet's port key (see compile/policy.py): int32.  The destination port for TCP
+    and UDP, ``type * 256 + code`` for ICMP and ICMPv6, 0 for other protocols, FRAG_KEY for
+    a non-first fragment.  Branch-free (flags times values, one conditional move): mixed
+    traffic makes the protocol tests unpredictable, and as branches they cost the cached
+    stateless classify 10% at 100 rules and 2-8% at 10k (in-process A/B, 15-21 rounds);
+    the tracking walk's best times also improved (fresh 76 -> 71, warm 69 -> 66 ns)."""
+    pr = np.int64(proto)
+    l4 = np.int64((pr == 6) | (pr == 17))
+    icmp = np.int64((pr == 1) | (pr == 58))
+    key = l4 * np.int64(dport) + icmp * (np.int64(icmp_type) * 256 + np.int64(icmp_code))
+    return np.int32(select_unpredictable(frag != 0, np.int64(FRAG_KEY), key))
 
 
 @njit()

@@ -252,3 +252,20 @@ def test_from_scapy_reads_headers_and_marks_non_ip():
     assert b.ts[3] == (1700000000 + 3) * 10**9
     res = Engine(_world(), stateful=False).classify(b)
     assert Verdict(int(res.verdict[3])) is Verdict.UNMANAGED
+
+
+def test_both_port_key_forms_agree_on_every_protocol_and_edge():
+    # the stateless kernel's branch-free form and the walk's branchy one
+    from numba import njit as plain_njit
+    from fastsg.kernels.lookup import port_key, port_key_select
+
+    @plain_njit
+    def both(proto, dport, itype, icode, frag):
+        return port_key(proto, dport, itype, icode, frag), port_key_select(proto, dport, itype, icode, frag)
+
+    for proto in range(256):
+        for dport, itype, icode in ((0, 0, 0), (1, 3, 13), (65535, 255, 255), (443, 8, 0)):
+            for frag in (0, 1):
+                a, b = both(np.uint8(proto), np.uint16(dport), np.uint8(itype), np.uint8(icode),
+                            np.uint8(frag))
+                assert a == b, (proto, dport, itype, icode, frag)

@@ -27,7 +27,7 @@ from .llvm_hints import select_unpredictable
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
                      _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, MALFORMED, NO_RANK,
-                     UNMANAGED, le_position, port_key, ranked_outcome)
+                     UNMANAGED, le_position, port_key_select, ranked_outcome)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES = 0, 1, 2
@@ -99,7 +99,7 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
             dst_val[iu] = -1
             continue
         ver = ipver[iu]
-        key = port_key(proto[iu], dport[iu], icmp_type[iu], icmp_code[iu], frag[iu])
+        key = port_key_select(proto[iu], dport[iu], icmp_type[iu], icmp_code[iu], frag[iu])
         put = -1           # cache entry to fill after a miss (-1: none)
         k1 = np.uint64(0)
         k2 = np.uint64(0)

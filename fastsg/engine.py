@@ -128,11 +128,14 @@ class Engine:
             numba.set_num_threads(nthreads)
             try:
                 result = self._classify(compiled, batch, nthreads)
-                self._counters.add(batch, result, nthreads)
+                log = self.flow_log
+                # the counters' pass also marks where logged rules decided, for the log
+                flags = self._counters.add(batch, result, nthreads,
+                                           log.rule_log_flags(result.rule_names) if log is not None else None)
             finally:
                 numba.set_num_threads(previous)
-            if self.flow_log is not None:
-                self.flow_log.add(batch, result)
+            if log is not None:
+                log.add(batch, result, flags)
             return result
 
     def _classify(self, compiled: CompiledWorld, batch: PacketBatch, nthreads: int) -> Result:

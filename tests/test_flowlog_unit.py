@@ -446,6 +446,38 @@ def test_rule_counters_split_over_threads_count_the_same(n):
     assert one.packets.sum() == int((e >= 0).sum() + (g >= 0).sum())
 
 
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 4_815, 4_816, 4_817, 50_001])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("drops,accepts", [(True, False), (False, False), (True, True)])
+def test_counter_marks_select_the_same_events(n, threads, drops, accepts):
+    # the counters pass marks the blocks where a logged rule decided; the log's selection
+    # with the marks must pick exactly the events it picks reading every rule again
+    import numba
+    from fastsg.flowlog import FLAG_BLOCK, _select_events
+    batch, res, e, g, wl = random_checks(n, 296, seed=n + 7)
+    rng = np.random.default_rng(n)
+    verdict = np.where(rng.random(n) < 0.02, rng.integers(1, 5, n), 0).astype(np.uint8)
+    log_rule = np.zeros(len(res.rule_names) + 1, np.uint8)
+    log_rule[rng.choice(len(log_rule) - 1, 3, replace=False) + 1] = 1
+    res = Result(verdict, e, g, res.rule_names, 0)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        flags = RuleCounters().add(batch, res, threads=threads, log_rule=log_rule)
+    finally:
+        numba.set_num_threads(previous)
+    assert len(flags) == (n + FLAG_BLOCK - 1) // FLAG_BLOCK
+    words = verdict[:n // 8 * 8].view(np.uint64)
+    picked = []
+    for marks in (flags, np.zeros(0, np.uint8)):
+        pkt, d = np.empty(2 * n, np.int64), np.empty(2 * n, np.uint8)
+        k = _select_events(verdict, words, e, g, log_rule, drops, accepts, marks, pkt, d)
+        picked.append((pkt[:k].tolist(), d[:k].tolist()))
+    assert picked[0] == picked[1]
+    logged = (log_rule[e + 1] | log_rule[g + 1]) != 0
+    assert flags.tolist() == [int(logged[b:b + FLAG_BLOCK].any()) for b in range(0, n, FLAG_BLOCK)]
+
+
 # ---------------------------------------------------------------------------------------
 # against a plain reading of the contract, on random results
 # ---------------------------------------------------------------------------------------

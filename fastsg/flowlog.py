@@ -71,6 +71,20 @@ _NO_FLAGS = np.zeros(0, np.uint8)
 
 
 @njit(inline=True)
+def _count_packet(iu, egress_rule, ingress_rule, wirelen, packets, nbytes):
+    """Count packet ``iu``'s two check events (entry 0 takes the -1 "no check" ones);
+    returns its counter entries ``(e, g)`` (uint64: rule index + 1)."""
+    w = np.int64(wirelen[iu])
+    e = np.uint64(egress_rule[iu] + 1)
+    g = np.uint64(ingress_rule[iu] + 1)
+    packets[e] += 1
+    nbytes[e] += w
+    packets[g] += 1
+    nbytes[g] += w
+    return e, g
+
+
+@njit(inline=True)
 def _count_range(egress_rule, ingress_rule, wirelen, packets, nbytes, log_rule, flags, lo, hi):
     """packets[r + 1] += 1 and nbytes[r + 1] += wirelen[i] for both checks of packets
     lo..hi-1 (entry 0 collects the -1 "no check" entries).  Branch-free: whether a check
@@ -82,26 +96,13 @@ def _count_range(egress_rule, ingress_rule, wirelen, packets, nbytes, log_rule, 
     must then start a block (a block is never shared by two threads)."""
     if len(log_rule) == 0:
         for i in range(lo, hi):
-            iu = np.uint64(i)
-            w = np.int64(wirelen[iu])
-            e = np.uint64(egress_rule[iu] + 1)
-            g = np.uint64(ingress_rule[iu] + 1)
-            packets[e] += 1
-            nbytes[e] += w
-            packets[g] += 1
-            nbytes[g] += w
+            _count_packet(np.uint64(i), egress_rule, ingress_rule, wirelen, packets, nbytes)
         return
     for b0 in range(lo, hi, FLAG_BLOCK):
         f = np.uint8(0)
         for i in range(b0, min(b0 + FLAG_BLOCK, hi)):
-            iu = np.uint64(i)
-            w = np.int64(wirelen[iu])
-            e = np.uint64(egress_rule[iu] + 1)
-            g = np.uint64(ingress_rule[iu] + 1)
-            packets[e] += 1
-            nbytes[e] += w
-            packets[g] += 1
-            nbytes[g] += w
+            e, g = _count_packet(np.uint64(i), egress_rule, ingress_rule, wirelen, packets,
+                                 nbytes)
             f |= log_rule[e] | log_rule[g]
         flags[np.uint64(b0 // FLAG_BLOCK)] = f
 

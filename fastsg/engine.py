@@ -130,8 +130,8 @@ class Engine:
                 result = self._classify(compiled, batch, nthreads)
                 log = self.flow_log
                 # the counters' pass also marks where logged rules decided, for the log
-                flags = self._counters.add(batch, result, nthreads,
-                                           log.rule_log_flags(result.rule_names) if log is not None else None)
+                log_rule = None if log is None else log.rule_log_flags(result.rule_names)
+                flags = self._counters.add(batch, result, nthreads, log_rule)
             finally:
                 numba.set_num_threads(previous)
             if log is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ..compile import tables as T
-from fastsg.compile.addrmap import _MUL, _MUL2, hash4, hash6
+from ..compile.addrmap import _MUL, _MUL2, hash4, hash6
 from ..config import BLOCK_PACKETS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
 from .llvm_hints import select_unpredictable
@@ -315,7 +315,7 @@ def _classify_rules(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingr
 
     Flow cache: without tracking, a packet's outcome is a function of (source,
     destination, protocol, port key) and the immutable tables, so each thread keeps a small
-    cache of recent outcomes (``_flow_cache``: two-way for IPv4, direct-mapped for IPv6).
+    direct-mapped cache of recent outcomes (``_flow_cache``: IPv4 and IPv6 entries).
     Traffic with flow locality then mostly costs one probe.
     """
     n = len(p.status)

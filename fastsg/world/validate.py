@@ -999,7 +999,8 @@ def _judge_timeline_anyway(cls, groups, instances, flawed, index, settings, even
     lists every problem (spec section 1).  The events are applied to the world as far as
     it was read; an event that depends on what a problem left out (an instance read with a
     problem, or one such an event launched; a group whose own fields had a problem; the
-    rules of a group that lost one) is not judged, since its problem could be a mere echo.  Nothing is judged when a group's or instance's identity could not be read (any
+    rules of a group that lost one) is not judged, since its problem could be a mere
+    echo.  Nothing is judged when a group's or instance's identity could not be read (any
     unknown name might be that one)."""
     if not index.complete or any(inst is None for inst in flawed):
         return

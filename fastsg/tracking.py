@@ -27,10 +27,12 @@ def _zeros_aligned(rows: int) -> np.ndarray:
     """Zeroed uint64[rows, 4] starting on a 64-byte boundary, so no 32-byte slot straddles
     two cache lines.  Big arenas are anonymous mappings with transparent huge pages asked
     for (where the kernel offers them on request): random probes into a table of many
-    megabytes then miss the TLB far less often."""
+    megabytes then miss the TLB far less often.  The mapping must be private: Python's
+    default anonymous mapping is shared memory, which Linux backs with huge pages only
+    when ``shmem_enabled`` says so (commonly never)."""
     nbytes = rows * SLOT_BYTES
     if nbytes >= HUGE_ARENA_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
-        region = mmap.mmap(-1, nbytes)              # page-aligned and zeroed
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)   # zeroed
         try:
             region.madvise(mmap.MADV_HUGEPAGE)
         except OSError:

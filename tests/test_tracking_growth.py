@@ -109,3 +109,35 @@ def test_shard_plan_one_walk_when_every_packet_links_one_component():
     assert Tracker.shard_plan(own, own, 1) is None
     assert Tracker.shard_plan(own[:0], own[:0], 2) is None
 
+
+
+def _mapping_of(address: int) -> str | None:
+    """The /proc/self/maps line of the mapping holding ``address`` (None off Linux)."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= address < hi:
+            return line
+    return None
+
+
+def test_big_arena_is_zeroed_aligned_and_a_private_mapping():
+    """A big arena must be a private anonymous mapping: a shared one (Python's mmap
+    default) gets no transparent huge pages where shared memory has them off, and the
+    steady-state walk over 1M flows measured 10% slower on it."""
+    from fastsg.tracking import HUGE_ARENA_BYTES, SLOT_BYTES, SLOT_WORDS, _zeros_aligned
+
+    rows = HUGE_ARENA_BYTES // SLOT_BYTES + 1
+    arena = _zeros_aligned(rows)
+    assert arena.shape == (rows, SLOT_WORDS) and arena.dtype == np.uint64
+    assert arena.ctypes.data % 64 == 0 and not arena.any()
+    arena[-1, -1] = 1                                   # writable
+    line = _mapping_of(arena.ctypes.data)
+    if line is None:
+        pytest.skip("no /proc/self/maps here")
+    assert line.split()[1].endswith("p"), line           # rw-p, not rw-s
+    small = _zeros_aligned(3)
+    assert small.ctypes.data % 64 == 0 and not small.any()

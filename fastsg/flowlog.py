@@ -28,10 +28,11 @@ Per batch of n packets the work is: one numba pass over the rule columns (the co
 one numba pass selecting the logged events -- with the default settings (drops only, no
 rule logging) it reads the verdict column alone and looks closer only at DROP/REJECT
 packets, so a batch without events costs about a millisecond per million packets; then,
-for the k selected events only, one numba pass grouping them by record key in a hash
-table (per distinct key: packets, bytes, first and last timestamp, first sequence number,
-in order of first event), and one dict lookup per distinct key to merge into the records
-held so far (numpy columns, ``_Store``), with vectorised updates.
+for the k selected events only, one numba pass that adds each event to its record in place
+(the records are numpy columns, ``_Store``, found through a hash index of their keys) or,
+for a key the log does not hold yet, groups it in a per-batch hash table (per distinct
+key: packets, bytes, first and last timestamp, first sequence number, in order of first
+event), from which records are made while ``max_records`` allows.
 """
 from __future__ import annotations
 
@@ -222,9 +223,8 @@ def _events_of(i, v, e, g, log_rule, drops, accepts, out_pkt, out_dir, k):
 # A record's key: 7 uint64 words -- the window, (instance << 32 | rule), (protocol << 48 |
 # ipver << 40 | direction << 36 | action << 32 | srcport << 16 | dstport) and the four
 # address halves -- where instance and rule are the log's own registry indexes (an
-# engine's indexes need not be stable).  As bytes it is the dict key of a record.
+# engine's indexes need not be stable).
 KEY_WORDS = 7
-_KEY_DTYPE = np.dtype((np.void, 8 * KEY_WORDS))
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -235,17 +235,61 @@ def _mix(h, x):
     return h ^ (h >> np.uint64(29))
 
 
+@njit(inline=True)
+def _key_hash(key):
+    h = _M2
+    for w in range(KEY_WORDS):
+        h = _mix(h, key[w])
+    return h
+
+
+@njit(inline=True)
+def _find_record(rec_slots, rec_keys, h, key):
+    """Index of the record whose key is ``key`` (hash ``h``), or -1."""
+    mask = np.uint64(len(rec_slots) - 1)
+    slot = h & mask
+    while True:
+        r = rec_slots[slot]
+        if r < 0:
+            return r
+        same = True
+        for w in range(KEY_WORDS):
+            if rec_keys[r, w] != key[w]:
+                same = False
+                break
+        if same:
+            return r
+        slot = (slot + np.uint64(1)) & mask
+
+
+@njit()
+def _index_records(rec_slots, rec_keys, lo, hi):
+    """Enter records ``lo..hi-1`` (rows of ``rec_keys``, keys not yet in the index) into
+    ``rec_slots``, the records' open-addressing hash index (int64, a power of two long,
+    -1 empty, at most half full)."""
+    mask = np.uint64(len(rec_slots) - 1)
+    for r in range(lo, hi):
+        slot = _key_hash(rec_keys[r]) & mask
+        while rec_slots[slot] >= 0:
+            slot = (slot + np.uint64(1)) & mask
+        rec_slots[slot] = r
+
+
 @njit()
 def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_instance,
-                  inst_map, rule_map, p, interval_ns, first_packet, keys, packets, nbytes,
-                  t0, t1, seq):
+                  inst_map, rule_map, p, interval_ns, first_packet, rec_slots, rec_keys,
+                  rec_packets, rec_bytes, rec_t0, rec_t1, keys, packets, nbytes, t0, t1, seq):
     """Aggregate the k logged events (``pkt`` int64[k] packet index, ``d`` uint8[k] 0 egress
     / 1 ingress, in event order) by record key, in one pass with an open-addressing hash
     table.  ``p``: the batch's ``PacketColumns``; ``inst_map`` / ``rule_map``: int64 maps
     from the result's instance / rule indexes to the log's registry indexes.
 
-    Fills, per distinct key in order of its first event (so by first sequence number):
-    ``keys[g]`` (KEY_WORDS uint64, see ``_KEY_DTYPE``), ``packets``, ``nbytes``, ``t0`` / ``t1``
+    An event whose key already has a record (``rec_slots``: the records' hash index, see
+    ``_index_records``; ``rec_keys`` their keys) is added to it in place (``rec_packets``,
+    ``rec_bytes``, ``rec_t0``, ``rec_t1``): in a long stream most events are, so only the
+    keys new to the log come back.  For those it fills, per distinct key in order of its
+    first event (so by first sequence number):
+    ``keys[g]`` (KEY_WORDS uint64, see ``KEY_WORDS``), ``packets``, ``nbytes``, ``t0`` / ``t1``
     (first / last ts_ns), ``seq`` (sequence number of the first event: 2 * packet number in
     the stream + direction).  All outputs hold k rows.  Returns ``(groups, bad)`` where
     ``bad`` counts events without an instance or with a verdict no check gives (must be 0)."""
@@ -263,20 +307,22 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
             # the events' packets are far apart: fetch the columns of a later one now, so
             # its cache misses overlap this event's work (5,070 events of 500k packets:
             # 1.50 -> 0.42 ms)
+            # (only the lines this event reads: its own side's instance and rule; not the
+            # high address halves, which only IPv6 packets read)
             a = pkt[j + PREFETCH_EVENTS]
             prefetch(verdict, a)
-            prefetch(egress_rule, a)
             prefetch(ingress_rule, a)
-            prefetch(src_instance, a)
-            prefetch(dst_instance, a)
+            if d[j + PREFETCH_EVENTS] == 0:
+                prefetch(egress_rule, a)
+                prefetch(src_instance, a)
+            else:
+                prefetch(dst_instance, a)
             prefetch(p.ts, a)
             prefetch(p.proto, a)
             prefetch(p.ipver, a)
             prefetch(p.sport, a)
             prefetch(p.dport, a)
-            prefetch(p.src_hi, a)
             prefetch(p.src_lo, a)
-            prefetch(p.dst_hi, a)
             prefetch(p.dst_lo, a)
             prefetch(p.wirelen, a)
         i = pkt[j]
@@ -300,20 +346,28 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
         if proto == 6 or proto == 17:
             sport = np.uint64(p.sport[i])
             dport = np.uint64(p.dport[i])
+        ver = p.ipver[i]
         key[0] = np.uint64(ts // interval_ns)       # floor division, as Python's
         key[1] = (np.uint64(inst_map[x]) << np.uint64(32)) | np.uint64(rule_map[r])
-        key[2] = ((proto << np.uint64(48)) | (np.uint64(p.ipver[i]) << np.uint64(40))
+        key[2] = ((proto << np.uint64(48)) | (np.uint64(ver) << np.uint64(40))
                   | (np.uint64(dr) << np.uint64(36)) | (np.uint64(action) << np.uint64(32))
                   | (sport << np.uint64(16)) | dport)
-        key[3] = p.src_hi[i]
+        key[3] = p.src_hi[i] if ver == 6 else np.uint64(0)     # 0 for IPv4 (the schema's)
         key[4] = p.src_lo[i]
-        key[5] = p.dst_hi[i]
+        key[5] = p.dst_hi[i] if ver == 6 else np.uint64(0)
         key[6] = p.dst_lo[i]
-        h = _M2
-        for w in range(KEY_WORDS):
-            h = _mix(h, key[w])
-        slot = h & mask
+        h = _key_hash(key)
         w_bytes = np.int64(p.wirelen[i])
+        rec = _find_record(rec_slots, rec_keys, h, key)
+        if rec >= 0:
+            rec_packets[rec] += 1
+            rec_bytes[rec] += w_bytes
+            if ts < rec_t0[rec]:
+                rec_t0[rec] = ts
+            if ts > rec_t1[rec]:
+                rec_t1[rec] = ts
+            continue
+        slot = h & mask
         while True:
             g = table[slot]
             if g < 0:
@@ -528,16 +582,16 @@ class FlowLog:
     Counts: ``logged_events`` (events logged), ``skipped_packets`` (events that went to
     SKIPDATA records); ``check()`` verifies the records account for every logged event.
 
-    OK records are held as numpy columns (``_Store``) found through a dict from the key's
-    56 bytes; a batch merges into them with one dict lookup per distinct key and vectorised
-    updates.  SKIPDATA records: a dict (window, instance index) -> [packets, bytes, first
+    OK records are held as numpy columns (``_Store``) found through an open-addressing hash
+    index of their keys (``_slots``), which the event kernel probes itself: an event of a
+    record already held costs no Python.  SKIPDATA records: a dict (window, instance index) -> [packets, bytes, first
     ts_ns, last ts_ns, first sequence number].
     """
 
     def __init__(self, world):
         self.world = world
         self._store = _Store()
-        self._index: dict[bytes, int] = {}
+        self._slots = np.full(64, -1, np.int64)     # hash index of the OK records' keys
         self._skip: dict[tuple, list] = {}
         self._rules = MappedRegistry()
         self._instances = MappedRegistry()
@@ -598,42 +652,42 @@ class FlowLog:
             raise ValueError("logging.aggregation_interval must be > 0, not "
                              f"{settings['aggregation_interval']!r}")
         k = len(pkt)
+        store = self._store
         keys = np.empty((k, KEY_WORDS), np.uint64)
         g = {c: np.empty(k, np.int64) for c in ("packets", "bytes", "t0", "t1", "seq")}
         groups, bad = _group_events(
             pkt, d, result.verdict, result.egress_rule, result.ingress_rule,
             result.src_instance, result.dst_instance, self._instance_map(result.instance_ids),
             self._rules.map(result.rule_names), batch.kernel_columns(), np.int64(interval_ns),
-            np.int64(first_packet), keys, g["packets"], g["bytes"], g["t0"], g["t1"], g["seq"])
+            np.int64(first_packet), self._slots, store.keys, store.cols["packets"],
+            store.cols["bytes"], store.cols["t0"], store.cols["t1"],
+            keys, g["packets"], g["bytes"], g["t0"], g["t1"], g["seq"])
         if bad:
             raise RuntimeError(f"{bad} check events without an instance or with a verdict no "
                                "check gives (engine result inconsistent: a fastsg bug)")
         self.logged_events += k
         keys = keys[:groups]
         g = {c: a[:groups] for c, a in g.items()}
-        # groups come in order of their first event: existing records take their events,
-        # new keys become records while max_records allows, the rest go to SKIPDATA
-        kb = keys.view(_KEY_DTYPE).ravel().tolist()
-        get = self._index.get
-        at = np.array([get(x, -1) for x in kb], np.int64)
-        store = self._store
-        old = at >= 0
-        if old.any():
-            i = at[old]
-            s = store.cols
-            s["packets"][i] += g["packets"][old]
-            s["bytes"][i] += g["bytes"][old]
-            s["t0"][i] = np.minimum(s["t0"][i], g["t0"][old])
-            s["t1"][i] = np.maximum(s["t1"][i], g["t1"][old])
-        new = np.flatnonzero(~old)
-        take = max(0, min(len(new), int(settings["max_records"]) - store.n))
+        # the events of existing records are in them already; the new keys come in order
+        # of their first event: records while max_records allows, the rest go to SKIPDATA
+        take = max(0, min(groups, int(settings["max_records"]) - store.n))
         if take:
-            made = new[:take]
-            self._index.update(zip((kb[j] for j in made.tolist()),
-                                   range(store.n, store.n + take)))
-            store.append(keys[made], **{name: a[made] for name, a in g.items()})
-        if take < len(new):
-            self._skip_groups(new[take:], g, keys)
+            self._append_records(keys[:take], {name: a[:take] for name, a in g.items()})
+        if take < groups:
+            self._skip_groups(np.arange(take, groups), g, keys)
+
+    def _append_records(self, keys: np.ndarray, values: dict) -> None:
+        """New OK records (keys not in the log yet), entered into the hash index."""
+        store = self._store
+        lo = store.n
+        store.append(keys, **values)
+        if 2 * store.n > len(self._slots):          # keep the index at most half full
+            size = len(self._slots)
+            while 2 * store.n > size:
+                size *= 2
+            self._slots = np.full(size, -1, np.int64)
+            lo = 0
+        _index_records(self._slots, store.keys, lo, store.n)
 
     def _skip_groups(self, rows: np.ndarray, g: dict, keys: np.ndarray) -> None:
         """Aggregate the distinct keys ``rows`` (no record, none allowed) into the SKIPDATA
@@ -797,8 +851,9 @@ class FlowLog:
         if skip != t["skipped_packets"]:
             problems.append(f"SKIPDATA records hold {skip} packets, not the "
                             f"{t['skipped_packets']} skipped")
-        if len(self._index) != self._store.n:
-            problems.append(f"{self._store.n} OK records but {len(self._index)} keys")
+        indexed = int(np.count_nonzero(self._slots >= 0))
+        if indexed != self._store.n:
+            problems.append(f"{self._store.n} OK records but {indexed} keys indexed")
         if problems:
             raise RuntimeError("flow log counts do not add up (a fastsg bug): "
                                + "; ".join(problems))

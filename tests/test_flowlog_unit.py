@@ -582,3 +582,25 @@ def test_against_reference(seed):
         assert log.lines(fmt) == reference_lines(w, batches, fmt)
     t = log.totals()
     assert t["ok_packets"] + t["skipped_packets"] == t["logged_events"]
+
+
+@pytest.mark.parametrize("settings", [dict(accepts=True), dict(accepts=True, max_records=700),
+                                      dict(aggregation_interval=600)])
+def test_records_index_grows_across_batches(settings):
+    """Thousands of records over several batches: the records' hash index is rebuilt
+    larger several times (64 slots at first, kept at most half full) while batches keep
+    adding to records made by earlier ones, and max_records may be reached mid-batch."""
+    rng = np.random.default_rng(7)
+    w = make_world(**settings)
+    batches, t = [], 0.0
+    for n in (40, 500, 1500, 3000, 1200):
+        rows, t = random_batch(rng, n, t)
+        batches.append(batch_result(rows))
+        t -= 2500.0                     # revisit earlier windows: their records take events
+    log = FlowLog(w)
+    for b in batches:
+        log.add(*b)
+    log.check()
+    assert len(log) > 500
+    for fmt in ("aws", "jsonl"):
+        assert log.lines(fmt) == reference_lines(w, batches, fmt)

@@ -40,9 +40,26 @@ class MappedRegistry(NameRegistry):
             return self._map
         n = len(self._seen)
         if len(names) >= n and names[:n] == self._seen:      # the usual case: names grew
-            new = np.array([self.get(x) for x in names[n:]], np.int64)
-            self._map = np.concatenate((self._map, new))
+            self._map = np.concatenate((self._map, self._indexes(names[n:])))
         else:
-            self._map = np.array([self.get(x) for x in names], np.int64)
+            self._map = self._indexes(names)
         self._seen = names
         return self._map
+
+    def _indexes(self, names) -> np.ndarray:
+        """int64 index of each of ``names``, the new ones added in order of first
+        appearance: in bulk (comprehensions and dict updates, no call per name), as a new
+        flow log maps an engine's 10k rule names in one go."""
+        index = self.index
+        if not index:
+            fresh = dict(zip(names, range(len(names))))
+            if len(fresh) == len(names):        # an empty registry takes distinct names as
+                self.index = fresh              # they come: indexes 0..n-1
+                self.names = list(names)
+                return np.arange(len(names), dtype=np.int64)
+        new = [x for x in dict.fromkeys(names) if x not in index]
+        if new:
+            start = len(self.names)
+            index.update(zip(new, range(start, start + len(new))))
+            self.names.extend(new)
+        return np.array([index[x] for x in names], np.int64)

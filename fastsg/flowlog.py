@@ -244,20 +244,22 @@ def _key_hash(key):
 
 
 @njit(inline=True)
+def _same_key(rows, r, key):
+    """Whether row ``r`` of ``rows`` (uint64[:, KEY_WORDS]) is ``key``."""
+    for w in range(KEY_WORDS):
+        if rows[r, w] != key[w]:
+            return False
+    return True
+
+
+@njit(inline=True)
 def _find_record(rec_slots, rec_keys, h, key):
     """Index of the record whose key is ``key`` (hash ``h``), or -1."""
     mask = np.uint64(len(rec_slots) - 1)
     slot = h & mask
     while True:
         r = rec_slots[slot]
-        if r < 0:
-            return r
-        same = True
-        for w in range(KEY_WORDS):
-            if rec_keys[r, w] != key[w]:
-                same = False
-                break
-        if same:
+        if r < 0 or _same_key(rec_keys, r, key):
             return r
         slot = (slot + np.uint64(1)) & mask
 
@@ -382,12 +384,7 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
                 t1[g] = ts
                 seq[g] = 2 * (first_packet + i) + dr
                 break
-            same = True
-            for w in range(KEY_WORDS):
-                if keys[g, w] != key[w]:
-                    same = False
-                    break
-            if same:
+            if _same_key(keys, g, key):
                 packets[g] += 1
                 nbytes[g] += w_bytes
                 if ts < t0[g]:

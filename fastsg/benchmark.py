@@ -2189,18 +2189,18 @@ def _plot_features(ax, ms) -> bool:
     order = [m for m in ms if m["scenario"] == "order" and m.get("mpps")]
     for o in ORDERS:
         for m in (x for x in order if x["params"]["order"] == o):
-            bars.append((f"{o}\n{m['params']['deny_share']:.0%} deny", m,
+            bars.append((f"{o}, {m['params']['deny_share']:.0%} deny", m,
                          palette.get(m["params"]["deny_share"], "tab:blue")))
     for m in ms:
         if m["scenario"] == "state" and m["metric"] == "classify" and m.get("mpps"):
             mode = m["params"]["mode"]
-            bars.append((f"{mode}\n{m['threads']} thr", m,
+            bars.append((f"{mode}, {m['threads']} thr", m,
                          "tab:purple" if mode == "stateful" else "tab:gray"))
     for m in ms:
         if (m["scenario"] == "logging" and m["params"].get("mode") == "stateless"
                 and m["params"].get("flow_log") in ("off", "kept-log") and m.get("mpps")):
             on = m["params"]["flow_log"] != "off"
-            bars.append((f"log {'on' if on else 'off'}\n{m['params']['drop_share'] * 100:g}% drops", m,
+            bars.append((f"log {'on' if on else 'off'}, {m['params']['drop_share'] * 100:g}% drops", m,
                          "tab:cyan" if on else "tab:gray"))
     if ax is None or not bars:
         return bool(bars)
@@ -2208,8 +2208,8 @@ def _plot_features(ax, ms) -> bool:
     err = [[m["mpps"] - m["mpps_min"] for _, m, _ in bars],
            [m["mpps_max"] - m["mpps"] for _, m, _ in bars]]
     ax.bar(range(len(bars)), values, color=[c for _, _, c in bars], yerr=err, capsize=2)
-    ax.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7, rotation=45,
-                  ha="right")
+    # one-line labels turned upright: two-line labels at an angle ran into each other
+    ax.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7, rotation=90)
     ax.set_ylabel("Mpps (median, min-max)")
     ax.set_title("feature overhead: deny rules x order, tracking, flow logs")
     ax.grid(True, axis="y", alpha=0.3)

@@ -18,6 +18,9 @@ from .kernels.track import (MIN_PART_SLOTS, NPART, PART_SHIFT, _discard, _live_f
 SLOT_WORDS = 4
 SLOT_BYTES = SLOT_WORDS * 8
 HUGE_ARENA_BYTES = 4 << 20
+# New flows per packet in the last batch from which the next one has its rules judged
+# in a pass before the walk (see ``Tracker.rules_first``)
+RULES_FIRST_NEW_FLOWS = 0.02
 MAX_INSTANCES = 1 << (18 + PART_SHIFT)      # the key word holds instance // NPART in 18 bits
 _NO_TIME = np.iinfo(np.int64).min
 _NEVER = np.iinfo(np.int64).max
@@ -70,6 +73,7 @@ class Tracker:
         self.next_exp = np.zeros(0, np.int64)
         self.clock = _NO_TIME
         self.grows = 0
+        self.new_flow_share = 0.0   # flows the last batch added to the tables, per packet
 
     # ---- instances ----
     def ensure_instances(self, n: int) -> None:
@@ -104,11 +108,20 @@ class Tracker:
           rules, one thread, a fresh stream of 500k generated packets (27k flows), CPU time
           per packet against stateless, two runs: 2.67x and 2.42x the pass first, 3.39x
           and 2.74x the walk alone.
-        * Tables holding flows: the walk alone, as a packet of a tracked flow then never
-          pays for the rules: the same stream again 2.30x and 1.88x against 2.66x and
-          2.23x; a million live flows 8.3 and 6.4 Mpps against 6.5 and 4.4.  With several
-          shards the pass first still spreads the rules over the threads, which pays while
-          the tables hold fewer flows than the batch has packets.
+        * Tables holding flows, and the last batch added few of them (under
+          ``RULES_FIRST_NEW_FLOWS`` per packet): the walk alone, as a packet of a tracked
+          flow then never pays for the rules: the same stream again 2.30x and 1.88x
+          against 2.66x and 2.23x; a million live flows 8.3 and 6.4 Mpps against 6.5 and
+          4.4.  With several shards the pass first still spreads the rules over the
+          threads, which pays while the tables hold fewer flows than the batch has packets.
+        * A stream still opening flows (the last batch added at least
+          ``RULES_FIRST_NEW_FLOWS`` per packet): the pass first.  Each new flow's first
+          packet costs the walk a full evaluation on cold tables (about 0.7 us), against
+          the pass's flow cache.  Measured at 10k rules, one thread, the second half of
+          a 1M-packet generated stream after its first half (5.3-5.6% new flows): 96-110
+          ns a packet the pass first, 112-133 the walk alone (7 alternating rounds); the
+          same half again (no new flow): 90-96 against 83-97, and 1M live flows 121
+          against 102.
 
         Returns None when the answer depends on the shards and ``shards`` is None.
         ``force_rules_first`` (None: decide; True/False) overrides it, for tests of both
@@ -116,7 +129,7 @@ class Tracker:
         if self.force_rules_first is not None:
             return bool(self.force_rules_first)
         stored = int(self.stored.sum())
-        if stored == 0:
+        if stored == 0 or self.new_flow_share >= RULES_FIRST_NEW_FLOWS:
             return True
         if nthreads <= 1 or stored >= n:
             return False
@@ -158,6 +171,7 @@ class Tracker:
         n = len(verdict)
         if n == 0:
             return
+        stored_before = int(self.stored.sum())
         if isinstance(plan, str):
             if nthreads > 1 and not vals_ready:
                 raise ValueError("sharding the tracking walk needs the address values")
@@ -206,6 +220,7 @@ class Tracker:
                                  f"not at the shard ends {shard_start[1:].tolist()}")
         self.grows += int(grows.sum())
         self.clock = int(clock[-1]) if len(clock) else int(clock_state[0])
+        self.new_flow_share = max(0, int(self.stored.sum()) - stored_before) / n
 
     def _free_space(self, nshards: int, need: int):
         """Zeroed arena space for each shard to grow partitions into: [lo, hi) per shard.

@@ -141,3 +141,26 @@ def test_big_arena_is_zeroed_aligned_and_a_private_mapping():
     assert line.split()[1].endswith("p"), line           # rw-p, not rw-s
     small = _zeros_aligned(3)
     assert small.ctypes.data % 64 == 0 and not small.any()
+
+
+def test_rules_first_while_the_stream_opens_flows():
+    """The rules pass runs before the walk while the tables are empty or the last batch
+    added many flows per packet; a batch of known flows is walked alone (a speed choice
+    only: both ways give the reference's results, tested elsewhere)."""
+    from fastsg.tracking import RULES_FIRST_NEW_FLOWS
+
+    world = World.from_dict(generate_world(200, 5, 10, seed=3))
+    batch = generate_traffic(world, 2000, flows=200, seed=4, calibrate=False)
+    engine = Engine(world, threads=1)
+    tracker = engine.tracker
+    assert tracker.rules_first(len(batch), 1) is True                  # empty tables
+    first = engine.classify(batch)
+    assert tracker.new_flow_share >= RULES_FIRST_NEW_FLOWS
+    assert tracker.rules_first(len(batch), 1) is True                  # still opening flows
+    again = engine.classify(batch)                                      # the same flows
+    assert tracker.new_flow_share < RULES_FIRST_NEW_FLOWS
+    assert tracker.rules_first(len(batch), 1) is False
+    assert np.count_nonzero(again.egress_rule == 1) + np.count_nonzero(again.ingress_rule == 1) \
+        > np.count_nonzero(first.egress_rule == 1) + np.count_nonzero(first.ingress_rule == 1)
+    engine.reset_tracking()
+    assert tracker.new_flow_share == 0.0 and tracker.rules_first(len(batch), 1) is True

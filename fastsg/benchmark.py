@@ -1431,7 +1431,7 @@ def _scenario_state(ctx: _Context) -> ScenarioResult:
     plan = ctx.plan
     res = ScenarioResult("state")
     threads = sorted({1, plan.threads})
-    ctx.reporter.scenario_started("state", 6)
+    ctx.reporter.scenario_started("state", 7)
     warm = ctx.warm_features()
     ctx.reporter.step("warm-up")
     _state_vs_stateless(ctx, res, threads)
@@ -1491,6 +1491,49 @@ def _state_vs_stateless(ctx, res, threads) -> None:
                         target_rules=STATE_TARGET_RULES,
                         meets_target=cost <= STATE_COST_TARGET if rules >= STATE_TARGET_RULES
                         else None)
+    _state_continued(ctx, res, world, stateless, stateful, base)
+
+
+def _state_continued(ctx, res, world, stateless, stateful, base) -> None:
+    """The second half of a stream twice as long, after its first half (untimed): the
+    tables hold the stream's flows and every packet of a known flow is accepted by them,
+    while new flows keep coming, as in every chunk of a long replay after the first; one
+    thread, stateless vs stateful on the same packets, round-robin."""
+    plan, rep = ctx.plan, ctx.reporter
+    half = plan.state_packets
+    longer, details = feature_traffic(world, 2 * half, plan.seed + 1, stateful=True)
+    head, tail = longer.take(slice(0, half)), longer.take(slice(half, 2 * half))
+    samples = {"stateless": [], "stateful": []}
+    new_flows = []
+    for _ in range(max(1, plan.repeats)):
+        t0 = time.perf_counter()
+        stateless.classify(tail, threads=1)
+        samples["stateless"].append(time.perf_counter() - t0)
+        fresh_stream(stateful, head, 1)
+        held = stateful.tracking_stats()["flows"]
+        t0 = time.perf_counter()
+        result = stateful.classify(tail, threads=1)
+        samples["stateful"].append(time.perf_counter() - t0)
+        new_flows.append(stateful.tracking_stats()["flows"] - held)
+    rep.step("stream continued (interleaved)")
+    params = {**base, "stream": "continued", "traffic": _traffic_info(details, True, 0.1),
+              "per_call": "reset_tracking() + classify(first half), untimed; classify(second "
+                          "half), timed"}
+    sl_counts = stateless.classify(tail, threads=1).counts()
+    sl = res.add(Measurement("state", "fastsg", "classify-continued", samples["stateless"],
+                             packets=len(tail), rules=base["rules"], threads=1,
+                             params={**params, "mode": "stateless"},
+                             extra={"verdicts": sl_counts,
+                                    "refused_share": refused_share(sl_counts)}))
+    sf = res.add(Measurement("state", "fastsg", "classify-continued", samples["stateful"],
+                             packets=len(tail), rules=base["rules"], threads=1,
+                             params={**params, "mode": "stateful"},
+                             extra={"verdicts": result.counts(),
+                                    "refused_share": refused_share(result.counts()),
+                                    "tracking": stateful.tracking_stats(),
+                                    "new_flows": int(np.median(new_flows))}))
+    sf.ratios["stateless"] = paired_speedup(sf, sl)
+    sf.extra["cost_ratio"] = 1.0 / sf.ratios["stateless"]
 
 
 def _state_live(ctx, res) -> None:
@@ -1561,6 +1604,12 @@ def _state_tables(res: ScenarioResult, plan: Plan, threads) -> list:
                      f"{sl.extra['refused_share']:.1%} / {sf.extra['refused_share']:.1%}",
                      f"{sf.extra['tracking']['flows']:,}",
                      "✓" if sf.extra["verified_same_verdicts"] else "✗ DIFFER"])
+    cont = {m.params["mode"]: m for m in ms if m.metric == "classify-continued"}
+    if cont:
+        sl, sf = cont["stateless"], cont["stateful"]
+        rows.append(["1, continued", fmt_mpps(sl), fmt_mpps(sf), fmt_ratio(sf.extra["cost_ratio"]),
+                     f"{sl.extra['refused_share']:.1%} / {sf.extra['refused_share']:.1%}",
+                     f"{sf.extra['tracking']['flows']:,}", "-"])
     sf1 = pick("classify", "stateful")
     t1 = TableSpec(f"state: stateless vs stateful, Mpps ({sf1.rules:,} rules, {sf1.packets:,} "
                    f"packets; median ±spread of {plan.repeats}; cost target ≤ "
@@ -1588,7 +1637,11 @@ def _state_tables(res: ScenarioResult, plan: Plan, threads) -> list:
     res.notes.append("cost = stateful / stateless time per packet, same packets and threads, "
                      "timed round-robin (median over rounds of the round's ratio); "
                      "each stateful call is a fresh stream (reset_tracking, so its table "
-                     "grows from empty), flow logs off; refused = DROP+REJECT share; "
+                     "grows from empty), flow logs off; continued = the second half of "
+                     "a stream twice as long, its first half classified before (untimed): "
+                     "the tables hold its flows, new ones keep coming, as in a long "
+                     "replay's later chunks (the target is judged on the fresh stream); "
+                     "refused = DROP+REJECT share; "
                      "1=2 thr: stateful 1 vs 2 threads gave every packet the same verdict "
                      "and deciding rules")
     res.notes.append(f"live table: {live.extra['accepted_by_conntrack']:.1%} of the steady "

@@ -89,6 +89,15 @@ def _check_state(ms):
         assert 1 in m["extra"]["verified_threads"]
         assert m["extra"]["meets_target"] is None                  # 300 rules: not judged
         assert m["extra"]["tracking"]["flows"] > 0
+    cont = {m["params"]["mode"]: m for m in state if m["metric"] == "classify-continued"}
+    assert set(cont) == {"stateless", "stateful"}
+    sl, sf = cont["stateless"], cont["stateful"]
+    assert sl["packets"] == sf["packets"] == 3000 and sf["threads"] == sl["threads"] == 1
+    assert sf["params"]["stream"] == "continued"
+    paired = 1 / np.median(np.array(sl["samples_s"]) / np.array(sf["samples_s"]))
+    assert sf["extra"]["cost_ratio"] == pytest.approx(paired)
+    # the first half's flows are held, and the second half brings new ones
+    assert sf["extra"]["tracking"]["flows"] > sf["extra"]["new_flows"] > 0
     (ins,) = [m for m in state if m["metric"] == "live-insert"]
     flows = ins["params"]["flows"]
     assert ins["params"]["scaled_down"] and ins["extra"]["all_inserted"]

@@ -253,6 +253,17 @@ def _same_key(rows, r, key):
 
 
 @njit(inline=True)
+def _add_event(packets, nbytes, t0, t1, r, w_bytes, ts):
+    """One event of ``w_bytes`` at ``ts`` into aggregate ``r`` of the given columns."""
+    packets[r] += 1
+    nbytes[r] += w_bytes
+    if ts < t0[r]:
+        t0[r] = ts
+    if ts > t1[r]:
+        t1[r] = ts
+
+
+@njit(inline=True)
 def _find_record(rec_slots, rec_keys, h, key):
     """Index of the record whose key is ``key`` (hash ``h``), or -1."""
     mask = np.uint64(len(rec_slots) - 1)
@@ -362,12 +373,7 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
         w_bytes = np.int64(p.wirelen[i])
         rec = _find_record(rec_slots, rec_keys, h, key)
         if rec >= 0:
-            rec_packets[rec] += 1
-            rec_bytes[rec] += w_bytes
-            if ts < rec_t0[rec]:
-                rec_t0[rec] = ts
-            if ts > rec_t1[rec]:
-                rec_t1[rec] = ts
+            _add_event(rec_packets, rec_bytes, rec_t0, rec_t1, rec, w_bytes, ts)
             continue
         slot = h & mask
         while True:
@@ -385,12 +391,7 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
                 seq[g] = 2 * (first_packet + i) + dr
                 break
             if _same_key(keys, g, key):
-                packets[g] += 1
-                nbytes[g] += w_bytes
-                if ts < t0[g]:
-                    t0[g] = ts
-                if ts > t1[g]:
-                    t1[g] = ts
+                _add_event(packets, nbytes, t0, t1, g, w_bytes, ts)
                 break
             slot = (slot + np.uint64(1)) & mask
     return groups, bad

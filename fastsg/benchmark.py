@@ -394,19 +394,32 @@ def calls_per_sample(fn, min_seconds: float) -> int:
     return max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-9)))
 
 
-def time_interleaved(fns: dict, repeats: int, min_seconds: float = 0.0) -> dict:
+def time_interleaved(fns: dict, repeats: int, min_seconds: float = 0.0,
+                     setup: dict | None = None) -> dict:
     """Wall time per call of several callables, round-robin: repeat r of every callable runs
     before repeat r+1 of any, so a busy spell on the machine hits all of them alike and their
     medians stay comparable.  Each sample runs a callable ``calls_per_sample`` times and
-    records the mean per call.  Returns {key: [seconds per call, ...]}."""
+    records the mean per call.  ``setup`` ({key: callable}, optional): run before every
+    call of that key, untimed.  Returns {key: [seconds per call, ...]}."""
+    setup = setup or {}
     calls = {k: calls_per_sample(fn, min_seconds) if min_seconds else 1 for k, fn in fns.items()}
     samples = {k: [] for k in fns}
     for _ in range(max(1, repeats)):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls[k]):
-                fn()
-            samples[k].append((time.perf_counter() - t0) / calls[k])
+            prepare = setup.get(k)
+            spent = 0.0
+            if prepare is None:
+                t0 = time.perf_counter()
+                for _ in range(calls[k]):
+                    fn()
+                spent = time.perf_counter() - t0
+            else:
+                for _ in range(calls[k]):
+                    prepare()
+                    t0 = time.perf_counter()
+                    fn()
+                    spent += time.perf_counter() - t0
+            samples[k].append(spent / calls[k])
     return samples
 
 
@@ -1503,18 +1516,14 @@ def _state_continued(ctx, res, world, stateless, stateful, base) -> None:
     half = plan.state_packets
     longer, details = feature_traffic(world, 2 * half, plan.seed + 1, stateful=True)
     head, tail = longer.take(slice(0, half)), longer.take(slice(half, 2 * half))
-    samples = {"stateless": [], "stateful": []}
-    new_flows = []
-    for _ in range(max(1, plan.repeats)):
-        t0 = time.perf_counter()
-        stateless.classify(tail, threads=1)
-        samples["stateless"].append(time.perf_counter() - t0)
-        fresh_stream(stateful, head, 1)
-        held = stateful.tracking_stats()["flows"]
-        t0 = time.perf_counter()
-        result = stateful.classify(tail, threads=1)
-        samples["stateful"].append(time.perf_counter() - t0)
-        new_flows.append(stateful.tracking_stats()["flows"] - held)
+    samples = time_interleaved({"stateless": lambda: stateless.classify(tail, threads=1),
+                                "stateful": lambda: stateful.classify(tail, threads=1)},
+                               plan.repeats, plan.sample_seconds,
+                               setup={"stateful": lambda: fresh_stream(stateful, head, 1)})
+    fresh_stream(stateful, head, 1)
+    held = stateful.tracking_stats()["flows"]
+    result = stateful.classify(tail, threads=1)
+    new_flows = stateful.tracking_stats()["flows"] - held
     rep.step("stream continued (interleaved)")
     params = {**base, "stream": "continued", "traffic": _traffic_info(details, True, 0.1),
               "per_call": "reset_tracking() + classify(first half), untimed; classify(second "
@@ -1531,7 +1540,7 @@ def _state_continued(ctx, res, world, stateless, stateful, base) -> None:
                              extra={"verdicts": result.counts(),
                                     "refused_share": refused_share(result.counts()),
                                     "tracking": stateful.tracking_stats(),
-                                    "new_flows": int(np.median(new_flows))}))
+                                    "new_flows": new_flows}))
     sf.ratios["stateless"] = paired_speedup(sf, sl)
     sf.extra["cost_ratio"] = 1.0 / sf.ratios["stateless"]
 

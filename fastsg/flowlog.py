@@ -403,8 +403,9 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
 class RuleCounters:
     """Packets and bytes per deciding rule, over every check event (logged or not).
 
-    Counts live in int64 arrays, entry ``r + 1`` for the engine's rule index ``r`` (its rule-name registry only grows, so an index keeps its
-    meaning); ``names`` is the longest ``Result.rule_names`` seen.
+    Counts live in int64 arrays, entry ``r + 1`` for the engine's rule index ``r`` (its
+    rule-name registry only grows, so an index keeps its meaning); ``names`` is the
+    longest ``Result.rule_names`` seen.
     """
 
     def __init__(self):
@@ -582,8 +583,8 @@ class FlowLog:
 
     OK records are held as numpy columns (``_Store``) found through an open-addressing hash
     index of their keys (``_slots``), which the event kernel probes itself: an event of a
-    record already held costs no Python.  SKIPDATA records: a dict (window, instance index) -> [packets, bytes, first
-    ts_ns, last ts_ns, first sequence number].
+    record already held costs no Python.  SKIPDATA records: a dict (window, instance
+    index) -> [packets, bytes, first ts_ns, last ts_ns, first sequence number].
     """
 
     def __init__(self, world):

@@ -269,3 +269,21 @@ def test_paired_speedup_cancels_a_slow_spell_shared_by_both():
     assert paired_speedup(m, base) == 2.0
     # rounds that do not line up: median vs median
     assert paired_speedup(Measurement("x", "b", "t", [1.0, 1.0]), base) == base.median / 1.0
+
+
+def test_time_interleaved_runs_setup_untimed_before_every_call(monkeypatch):
+    """Round-robin samples; a key's setup runs before each of its calls and its time is
+    left out."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(B.time, "perf_counter", lambda: clock["t"])
+    log = []
+
+    def step(name, seconds):
+        def run():
+            log.append(name)
+            clock["t"] += seconds
+        return run
+    samples = B.time_interleaved({"a": step("a", 1.0), "b": step("b", 2.0)}, 3,
+                                 setup={"b": step("prep", 10.0)})
+    assert samples == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert log == ["a", "prep", "b"] * 3

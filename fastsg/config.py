@@ -72,6 +72,12 @@ BLOCK_PACKETS = 1 << 16
 # which stays in L2), plus a quarter as many IPv6 entries of 64 bytes.  Measured on
 # generated traffic: 85% hits at 1024 entries, 90% at 4096.  0 turns the cache off.
 FLOW_CACHE_BITS = 12
+# Flow-cache misses of big tables are evaluated this many at a time, one table step of all of them per
+# pass, so the CPU overlaps their cache misses (see ``classify._resolve_misses``).
+MISS_GROUP = 32
+# ... when the compiled tables are at least this big (well past a core's 1 MiB L2 here;
+# ``classify.groups_misses``).
+GROUPED_MISSES_MIN_BYTES = 4 << 20
 
 
 def jit_options(parallel: bool = False, inline: bool = False) -> dict:

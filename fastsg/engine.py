@@ -77,6 +77,9 @@ class Engine:
       give identical results.
     * ``flow_cache``: a small per-thread cache of recent (addresses, protocol, port)
       outcomes of the rules within one classify call (never across calls, so never stale).
+    * ``miss_groups`` (attribute, read per call): None evaluates the flow cache's misses in
+      groups only when the compiled tables are big (``kernels.classify.groups_misses``);
+      True or False forces the choice (tests, benchmarks).  Results never depend on it.
     * ``flow_log``: None keeps the flow records the world's ``logging`` settings ask for
       (``engine.flow_log``); False keeps none.  Per-rule hit counters are always kept
       (``engine.rule_counters()``).
@@ -93,6 +96,7 @@ class Engine:
         self.stateful = bool(stateful)
         self.threads = threads
         self.flow_cache = flow_cache
+        self.miss_groups: bool | None = None
         self._lock = threading.Lock()
         self._compiler = Compiler(world)
         self._counters = RuleCounters()
@@ -151,7 +155,8 @@ class Engine:
             cache_bits = FLOW_CACHE_BITS if self.flow_cache else 0
             if not self.stateful:
                 classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_STATELESS,
-                                 verdict, egress_rule, ingress_rule, src_val, dst_val)
+                                 verdict, egress_rule, ingress_rule, src_val, dst_val,
+                                 self.miss_groups)
             else:
                 self._classify_tracked(compiled, cols, n, nthreads, cache_bits, verdict,
                                        egress_rule, ingress_rule, src_val, dst_val)
@@ -179,7 +184,7 @@ class Engine:
         if first is not True and nthreads > 1:
             # the shards come from the packets' instances (and may decide ``first``)
             classify_packets(compiled.kernel, cols, 0, nthreads, MODE_ADDRESSES, verdict,
-                             egress_rule, ingress_rule, src_val, dst_val)
+                             egress_rule, ingress_rule, src_val, dst_val, self.miss_groups)
             vals_ready = True
             plan = tracker.shard_plan(src_val, dst_val, nthreads)
             if first is None:
@@ -187,7 +192,7 @@ class Engine:
         if first:
             rules_v = np.empty(n, np.uint8)
             classify_packets(compiled.kernel, cols, cache_bits, nthreads, MODE_BOTH, rules_v,
-                             egress_rule, ingress_rule, src_val, dst_val)
+                             egress_rule, ingress_rule, src_val, dst_val, self.miss_groups)
             vals_ready = True
         tracker.run(compiled.kernel, cols, verdict, egress_rule, ingress_rule, src_val, dst_val,
                     vals_ready, rules_v, compiled.inst_addr, nthreads, cache_bits, plan)

@@ -61,9 +61,11 @@ def test_engine_equals_reference(order, data):
     world = World.from_dict(data.draw(world_dicts(order=order)))
     batch = data.draw(packet_batches(world, 0, 60))
     expected = naive_tuples(world, batch)
-    for threads in (1, 2):
+    for threads, grouped in ((1, None), (2, None), (1, True), (2, True)):
         engine = Engine(world, stateful=False, threads=threads)
-        assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
+        engine.miss_groups = grouped     # the big-table path, forced on these small worlds
+        assert_same(result_tuples(engine.classify(batch)), expected, batch,
+                    f"threads={threads} miss_groups={grouped}")
 
 
 @needs_engine
@@ -76,9 +78,11 @@ def test_engine_equals_reference_dense(order, data):
     world = World.from_dict(data.draw(dense_world_dicts(order=order)))
     batch = data.draw(dense_packet_batches(world, 1, 60))
     expected = naive_tuples(world, batch)
-    for threads in (1, 2):
+    for threads, grouped in ((1, None), (2, None), (1, True), (2, True)):
         engine = Engine(world, stateful=False, threads=threads)
-        assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
+        engine.miss_groups = grouped     # the big-table path, forced on these small worlds
+        assert_same(result_tuples(engine.classify(batch)), expected, batch,
+                    f"threads={threads} miss_groups={grouped}")
 
 
 @needs_engine
@@ -95,9 +99,11 @@ def test_engine_equals_reference_across_blocks(data):
     index = rng.integers(0, len(base), n)
     batch = base.take(index)
     expected = [expected_base[i] for i in index]
-    for threads in (1, 2):
+    for threads, grouped in ((1, None), (2, None), (1, True), (2, True)):
         engine = Engine(world, stateful=False, threads=threads)
-        assert_same(result_tuples(engine.classify(batch)), expected, batch, f"threads={threads}")
+        engine.miss_groups = grouped     # the big-table path, forced on these small worlds
+        assert_same(result_tuples(engine.classify(batch)), expected, batch,
+                    f"threads={threads} miss_groups={grouped}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -202,6 +202,7 @@ def test_stateful_split_calls_equal_reference(data):
     flow_cache = data.draw(st.booleans(), label="flow_cache")
     rules_first = data.draw(st.sampled_from((None, True, False)), label="rules_first")
     engine = tracked_engine(world, threads, rules_first, flow_cache=flow_cache)
+    engine.miss_groups = data.draw(st.sampled_from((None, True)), label="miss_groups")
     cuts = cuts_of(data, len(batch))
     got = []
     for a, b in zip(cuts, cuts[1:]):

@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from fastsg import Engine, PacketBatch, Verdict, World
 from fastsg.compile.linear import build_linear
 from fastsg.generate import generate_traffic, generate_world
-from fastsg.kernels.classify import MODE_BOTH, MODE_STATELESS, classify_packets
+from fastsg.schema import STATUS_MALFORMED, STATUS_NON_IP
+from fastsg.config import FLOW_CACHE_BITS, GROUPED_MISSES_MIN_BYTES, MISS_GROUP
+from fastsg.kernels.classify import (MODE_ADDRESSES, MODE_BOTH, MODE_STATELESS, classify_packets,
+                                     groups_misses, tables_nbytes)
 from fastsg.kernels.linear import _classify_linear
 
 from naive import naive_classify, packets_from_batch
@@ -146,15 +149,69 @@ def test_flow_cache_of_any_size_changes_nothing(data):
     t = Engine(world, stateful=False).compiled.kernel
     cols = batch.kernel_columns()
     n = len(batch)
-    for mode in (MODE_STATELESS, MODE_BOTH):
+    # grouped misses too: tiny caches evict entries whose first packet is still queued
+    for mode in (MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES):
         outs = {}
         for bits in (0, 1, 2, 3, 12):
-            out = [np.empty(n, np.uint8)] + [np.empty(n, np.int32) for _ in range(4)]
-            classify_packets(t, cols, bits, 1, mode, *out)
-            outs[bits] = out
-        for bits in (1, 2, 3, 12):
-            for a, b in zip(outs[0], outs[bits]):
-                assert (a == b).all(), (mode, bits)
+            for grouped in (False, True):
+                out = [np.empty(n, np.uint8)] + [np.empty(n, np.int32) for _ in range(4)]
+                classify_packets(t, cols, bits, 1, mode, *out, grouped)
+                outs[bits, grouped] = out
+        for key, out in outs.items():
+            for a, b, name in zip(outs[0, False], out, OUTPUT_NAMES):
+                if mode != MODE_ADDRESSES or name in ("src_val", "dst_val"):
+                    assert (a == b).all(), (mode, key, name)
+
+
+OUTPUT_NAMES = ("verdict", "egress_rule", "ingress_rule", "src_val", "dst_val")
+
+
+def _kernel_outputs(t, batch, bits, grouped, mode=MODE_STATELESS):
+    n = len(batch)
+    out = [np.empty(n, np.uint8)] + [np.empty(n, np.int32) for _ in range(4)]
+    classify_packets(t, batch.kernel_columns(), bits, 1, mode, *out, grouped)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:generate_traffic")    # the drop share is not the point here
+@pytest.mark.parametrize("flows", [0, 1, MISS_GROUP - 1, MISS_GROUP, MISS_GROUP + 1,
+                                   4 * MISS_GROUP + 1, 9 * MISS_GROUP + 5])
+@pytest.mark.parametrize("repeat", [1, 3, 4 * MISS_GROUP + 2])
+def test_grouped_misses_at_group_edges(flows, repeat):
+    """Grouped misses (the big-table path, forced here) give what one packet at a time
+    gives: distinct flows around the group size (a last partial group, a full one, one
+    more), each repeated so that its later packets wait for the queued first one, up to
+    more waiters than the wait list holds; IPv4, IPv6 and non-IP packets mixed."""
+    w = World.from_dict(generate_world(300, 12, 40, deny_share=0.2, seed=3))
+    base = generate_traffic(w, max(flows, 1) * 3, stateful=False, seed=4)
+    rng = np.random.default_rng(flows * 1000 + repeat)
+    distinct = np.unique(np.asarray(base.columns["src_lo"]) * 7 + np.asarray(base.columns["dport"]),
+                         return_index=True)[1][:flows]
+    index = np.repeat(rng.permutation(distinct), repeat)
+    batch = base.take(index)
+    if len(batch):
+        status = np.asarray(batch.columns["status"]).copy()
+        status[::7] = STATUS_NON_IP
+        status[3::11] = STATUS_MALFORMED
+        batch = PacketBatch({**batch.columns, "status": status})
+    t = Engine(w, stateful=False).compiled.kernel
+    for mode in (MODE_STATELESS, MODE_BOTH):
+        for bits in (12, 1):
+            expect = _kernel_outputs(t, batch, bits, False, mode)
+            got = _kernel_outputs(t, batch, bits, True, mode)
+            for a, b, name in zip(expect, got, OUTPUT_NAMES):
+                assert (a == b).all(), (mode, bits, name)
+    res = Engine(w, stateful=False).classify(batch)
+    assert result_tuples(res) == [r.as_tuple() for r in naive_classify(w, packets_from_batch(batch))]
+
+
+def test_grouped_misses_only_for_big_tables_with_the_cache():
+    small = Engine(_world(), stateful=False).compiled.kernel
+    assert not groups_misses(small, FLOW_CACHE_BITS)
+    assert tables_nbytes(small) < GROUPED_MISSES_MIN_BYTES
+    big = small._replace(i32=np.zeros(GROUPED_MISSES_MIN_BYTES // 4, np.int32))
+    assert groups_misses(big, FLOW_CACHE_BITS)
+    assert not groups_misses(big, 0)
 
 
 def _assert_linear_decides_like(engine, batch):

@@ -636,7 +636,7 @@ def _resolve_misses(t, p, mode, vshift, cache, work, n, miss_at, miss_key, miss_
 
 
 @njit(parallel=True)
-def _classify_rules(t, p, cache_bits, nthreads, mode, grouped, verdict, egress_rule, ingress_rule,
+def _classify_rules(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingress_rule,
                     src_val, dst_val):
     """t: KernelTables; p: PacketColumns (schema columns, n each); cache_bits: log2 of the
     flow-cache entries per thread (0: no cache); nthreads: threads the work is split over.
@@ -656,21 +656,29 @@ def _classify_rules(t, p, cache_bits, nthreads, mode, grouped, verdict, egress_r
     Flow cache: without tracking, a packet's outcome is a function of (source,
     destination, protocol, port key) and the immutable tables, so each thread keeps a small
     direct-mapped cache of recent outcomes (``_flow_cache``: IPv4 and IPv6 entries).
-    Traffic with flow locality then mostly costs one probe.  ``grouped``: evaluate the
-    misses in groups (``_resolve_misses``; see ``groups_misses``); the results are the same.
+    Traffic with flow locality then mostly costs one probe.  (Big tables go through
+    ``_classify_rules_grouped`` instead; see ``groups_misses``.)
     """
     n = len(p.status)
     # one contiguous run of packets per thread (at least BLOCK_PACKETS each), so each
     # thread's flow cache lives across its whole run
     nblocks = classify_blocks(n, nthreads)
     for b in prange(nblocks):
-        lo, hi = b * n // nblocks, (b + 1) * n // nblocks
-        if grouped:
-            _classify_block_grouped(t, p, cache_bits, mode, lo, hi, verdict, egress_rule,
-                                    ingress_rule, src_val, dst_val)
-        else:
-            _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule,
-                            ingress_rule, src_val, dst_val)
+        _classify_block(t, p, cache_bits, mode, b * n // nblocks, (b + 1) * n // nblocks,
+                        verdict, egress_rule, ingress_rule, src_val, dst_val)
+
+
+@njit(parallel=True)
+def _classify_rules_grouped(t, p, cache_bits, nthreads, mode, verdict, egress_rule,
+                            ingress_rule, src_val, dst_val):
+    """``_classify_rules`` with each run through ``_classify_block_grouped``: a kernel of
+    its own, so the one for smaller tables stays as it was."""
+    n = len(p.status)
+    nblocks = classify_blocks(n, nthreads)
+    for b in prange(nblocks):
+        _classify_block_grouped(t, p, cache_bits, mode, b * n // nblocks,
+                                (b + 1) * n // nblocks, verdict, egress_rule, ingress_rule,
+                                src_val, dst_val)
 
 
 @njit()
@@ -711,5 +719,6 @@ def classify_packets(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ing
         block(t, p, cache_bits, mode, 0, n, verdict, egress_rule, ingress_rule, src_val,
               dst_val)
     else:
-        _classify_rules(t, p, cache_bits, nthreads, mode, grouped, verdict, egress_rule,
-                        ingress_rule, src_val, dst_val)
+        kernel = _classify_rules_grouped if grouped else _classify_rules
+        kernel(t, p, cache_bits, nthreads, mode, verdict, egress_rule, ingress_rule, src_val,
+               dst_val)

@@ -23,6 +23,7 @@ from ..compile import tables as T
 from ..compile.addrmap import _MUL, _MUL2, hash4, hash6
 from ..config import BLOCK_PACKETS, GROUPED_MISSES_MIN_BYTES, MISS_GROUP, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED
+from .check import addr_value, section_offsets
 from .llvm_hints import select_unpredictable
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
@@ -63,6 +64,50 @@ def _flow_cache(cache_bits):
     raw = np.zeros(size + 8, np.uint64)
     start = (8 - ((np.int64(raw.ctypes.data) >> 3) & 7)) & 7
     return raw[start:start + size], np.uint64(64 - bits4), np.uint64(64 - bits6), np.int64(base6)
+
+
+@njit(inline=True)
+def _cache_entry(cache, shift4, shift6, base6, ver, proto, key, s_hi, s_lo, d_hi, d_lo):
+    """A packet's flow-cache entry (see ``_flow_cache``): ``(put, hit, k1, k2)``, the
+    entry's start in ``cache``, whether it holds this packet's key, and the key's two
+    words (what a fill writes at ``put`` and ``put + 1``)."""
+    k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto) << np.uint64(20)) | np.uint64(key)
+    if ver == 4:
+        k1 = (s_lo << np.uint64(32)) | d_lo
+        put = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> shift4)
+        hit = cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2
+    else:
+        k1 = (s_hi * _MUL2) ^ s_lo ^ ((d_hi * _MUL2 ^ d_lo) * _MUL) ^ k2
+        put = base6 + 8 * np.int64((k1 * _MUL) >> shift6)
+        hit = (cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2
+               and cache[np.uint64(put + 4)] == s_hi and cache[np.uint64(put + 5)] == s_lo
+               and cache[np.uint64(put + 6)] == d_hi and cache[np.uint64(put + 7)] == d_lo)
+    return put, hit, k1, k2
+
+
+@njit(inline=True)
+def _cache_claim(cache, put, ver, k1, k2, outcome, s_hi, s_lo, d_hi, d_lo):
+    """Write a key into its flow-cache entry at ``put`` with outcome word ``outcome`` (the
+    addresses too for IPv6; the values word is the caller's)."""
+    if ver != 4:
+        cache[np.uint64(put + 4)] = s_hi
+        cache[np.uint64(put + 5)] = s_lo
+        cache[np.uint64(put + 6)] = d_hi
+        cache[np.uint64(put + 7)] = d_lo
+    cache[np.uint64(put)] = k1
+    cache[np.uint64(put + 1)] = k2
+    cache[np.uint64(put + 2)] = outcome
+
+
+@njit(inline=True)
+def _cache_outputs(packed, vals, iu, vshift, verdict, egress_rule, ingress_rule, src_val,
+                   dst_val):
+    """A packet's outputs from its flow-cache entry's outcome and values words."""
+    verdict[iu] = np.uint8(packed & np.uint64(15))
+    egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
+    ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+    src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
+    dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
 
 
 @njit()
@@ -106,29 +151,12 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
         k1 = np.uint64(0)
         k2 = np.uint64(0)
         if use_cache:
-            k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[iu]) << np.uint64(20)) | np.uint64(key)
-            hit = -1
-            if ver == 4:
-                k1 = (src_lo[iu] << np.uint64(32)) | dst_lo[iu]
-                put = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift4)
-                if cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2:
-                    hit = put
-            else:
-                s_hi, s_lo, d_hi, d_lo = src_hi[iu], src_lo[iu], dst_hi[iu], dst_lo[iu]
-                k1 = (s_hi * _MUL2) ^ s_lo ^ ((d_hi * _MUL2 ^ d_lo) * _MUL) ^ k2
-                put = base6 + 8 * np.int64((k1 * _MUL) >> cache_shift6)
-                if (cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2
-                        and cache[np.uint64(put + 4)] == s_hi and cache[np.uint64(put + 5)] == s_lo
-                        and cache[np.uint64(put + 6)] == d_hi and cache[np.uint64(put + 7)] == d_lo):
-                    hit = put
-            if hit >= 0:
-                packed = cache[np.uint64(hit + 2)]
-                verdict[iu] = np.uint8(packed & np.uint64(15))
-                egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
-                ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
-                vals = cache[np.uint64(hit + 3)]
-                src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
-                dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
+            put, hit, k1, k2 = _cache_entry(cache, cache_shift4, cache_shift6, base6, ver,
+                                            proto[iu], key, src_hi[iu], src_lo[iu],
+                                            dst_hi[iu], dst_lo[iu])
+            if hit:
+                _cache_outputs(cache[np.uint64(put + 2)], cache[np.uint64(put + 3)], iu, vshift,
+                               verdict, egress_rule, ingress_rule, src_val, dst_val)
                 continue
         # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
         s_val = -1
@@ -285,15 +313,10 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
         egress_rule[iu] = eg
         ingress_rule[iu] = ig
         if put >= 0:
-            if ver != 4:
-                cache[np.uint64(put + 4)] = src_hi[iu]
-                cache[np.uint64(put + 5)] = src_lo[iu]
-                cache[np.uint64(put + 6)] = dst_hi[iu]
-                cache[np.uint64(put + 7)] = dst_lo[iu]
-            cache[np.uint64(put)] = k1
-            cache[np.uint64(put + 1)] = k2
-            cache[np.uint64(put + 2)] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
-                                         | (np.uint64(ig + 1) << np.uint64(34)))
+            _cache_claim(cache, put, ver, k1, k2,
+                         np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
+                         | (np.uint64(ig + 1) << np.uint64(34)),
+                         src_hi[iu], src_lo[iu], dst_hi[iu], dst_lo[iu])
             cache[np.uint64(put + 3)] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
 
 
@@ -338,19 +361,9 @@ def _classify_block_grouped(t, p, cache_bits, mode, lo, hi, verdict, egress_rule
             key = port_key_select(proto[iu], dport[iu], icmp_type[iu], icmp_code[iu], frag[iu])
             put = -1
             if use_cache:
-                k2 = (np.uint64(1) << np.uint64(40)) | (np.uint64(proto[iu]) << np.uint64(20)) | np.uint64(key)
-                hit = False
-                if ver == 4:
-                    k1 = (src_lo[iu] << np.uint64(32)) | dst_lo[iu]
-                    put = 4 * np.int64(((k1 ^ (k2 * _MUL2)) * _MUL) >> cache_shift4)
-                    hit = cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2
-                else:
-                    s_hi, s_lo, d_hi, d_lo = src_hi[iu], src_lo[iu], dst_hi[iu], dst_lo[iu]
-                    k1 = (s_hi * _MUL2) ^ s_lo ^ ((d_hi * _MUL2 ^ d_lo) * _MUL) ^ k2
-                    put = base6 + 8 * np.int64((k1 * _MUL) >> cache_shift6)
-                    hit = (cache[np.uint64(put)] == k1 and cache[np.uint64(put + 1)] == k2
-                           and cache[np.uint64(put + 4)] == s_hi and cache[np.uint64(put + 5)] == s_lo
-                           and cache[np.uint64(put + 6)] == d_hi and cache[np.uint64(put + 7)] == d_lo)
+                put, hit, k1, k2 = _cache_entry(cache, cache_shift4, cache_shift6, base6, ver,
+                                                proto[iu], key, src_hi[iu], src_lo[iu],
+                                                dst_hi[iu], dst_lo[iu])
                 if hit:
                     packed = cache[np.uint64(put + 2)]
                     if packed & _PENDING:           # its key's first packet is queued
@@ -358,22 +371,12 @@ def _classify_block_grouped(t, p, cache_bits, mode, lo, hi, verdict, egress_rule
                         wait_for[n_wait] = np.int64(packed & _LOW32)
                         n_wait += 1
                         continue
-                    verdict[iu] = np.uint8(packed & np.uint64(15))
-                    egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
-                    ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
-                    vals = cache[np.uint64(put + 3)]
-                    src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
-                    dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
+                    _cache_outputs(packed, cache[np.uint64(put + 3)], iu, vshift, verdict,
+                                   egress_rule, ingress_rule, src_val, dst_val)
                     continue
                 # claim the entry now: later packets of this key wait for this miss
-                if ver != 4:
-                    cache[np.uint64(put + 4)] = src_hi[iu]
-                    cache[np.uint64(put + 5)] = src_lo[iu]
-                    cache[np.uint64(put + 6)] = dst_hi[iu]
-                    cache[np.uint64(put + 7)] = dst_lo[iu]
-                cache[np.uint64(put)] = k1
-                cache[np.uint64(put + 1)] = k2
-                cache[np.uint64(put + 2)] = _PENDING | np.uint64(n_miss)
+                _cache_claim(cache, put, ver, k1, k2, _PENDING | np.uint64(n_miss), src_hi[iu],
+                             src_lo[iu], dst_hi[iu], dst_lo[iu])
             miss_at[n_miss] = np.int64(iu)
             miss_key[n_miss] = key
             miss_put[n_miss] = put
@@ -440,9 +443,6 @@ def _resolve_misses(t, p, mode, vshift, cache, work, n, miss_at, miss_key, miss_
     whose egress check refused, as the spec's order says."""
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off
     shift4, shift6 = t.addr4_shift, t.addr6_shift
-    mask4 = (np.int64(1) << (64 - shift4)) - 1
-    mask6 = (np.int64(1) << (64 - shift6)) - 1
-    o_addr4, o_addr6_hi, o_addr6_lo, o_addr6_val = O[_ADDR4], O[_ADDR6_HI], O[_ADDR6_LO], O[_ADDR6_VAL]
     o_inst, o_inst_groups, o_pd, o_proto_slot = O[_INST], O[_INST_GROUP_LIST], O[_PD], O[_PD_PROTO_SLOT]
     o_slot, o_pt_key, o_pt_class, o_cls = O[_SLOT], O[_PT_START_KEY], O[_PT_CLASS], O[_CLS]
     o_v4_start, o_v4_rank, o_v6_hi, o_v6_lo, o_v6_rank = (O[_V4_START], O[_V4_RANK], O[_V6_START_HI],
@@ -452,30 +452,12 @@ def _resolve_misses(t, p, mode, vshift, cache, work, n, miss_at, miss_key, miss_
     src_hi, src_lo, dst_hi, dst_lo = p.src_hi, p.src_lo, p.dst_hi, p.dst_lo
     s_vals, d_vals, prec, peer_inst, check_v, check_rule, crec, rank, s_own, s_at, s_len, s_key = work
     # -- addresses -> instances (value inst*2 + is_public, -1 none)
+    offs = section_offsets(O)
     for j in range(n):
         iu = np.uint64(miss_at[j])
         ver = ipver[iu]
-        for side in range(2):
-            hi = src_hi[iu] if side == 0 else dst_hi[iu]
-            lo = src_lo[iu] if side == 0 else dst_lo[iu]
-            if ver == 4:
-                a = np.uint32(lo)
-                h = np.int64(hash4(a, shift4))
-                e = U64[np.uint64(o_addr4 + h)]
-                while (e & _LOW32) != _LOW32 and np.uint32(e >> np.uint64(32)) != a:
-                    h = (h + 1) & mask4
-                    e = U64[np.uint64(o_addr4 + h)]
-                val = np.int64(np.int32(np.uint32(e & _LOW32)))
-            else:
-                h = np.int64(hash6(hi, lo, shift6))
-                while I[np.uint64(o_addr6_val + h)] != -1 and (U64[np.uint64(o_addr6_hi + h)] != hi
-                                                    or U64[np.uint64(o_addr6_lo + h)] != lo):
-                    h = (h + 1) & mask6
-                val = np.int64(I[np.uint64(o_addr6_val + h)])
-            if side == 0:
-                s_vals[j] = val
-            else:
-                d_vals[j] = val
+        s_vals[j] = addr_value(I, U64, offs, shift4, shift6, ver, src_hi[iu], src_lo[iu])
+        d_vals[j] = addr_value(I, U64, offs, shift4, shift6, ver, dst_hi[iu], dst_lo[iu])
     if mode == MODE_ADDRESSES:
         for j in range(n):
             iu = np.uint64(miss_at[j])

@@ -36,7 +36,7 @@ import numpy as np
 from numba import prange
 
 from ..config import njit
-from ..schema import STATUS_IP, STATUS_NON_IP, TCP_RST
+from ..schema import STATUS_IP, STATUS_MALFORMED, TCP_RST
 from .llvm_hints import prefetch
 from .check import addr_value, rules_check, section_offsets
 from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED, port_key
@@ -334,20 +334,12 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
                     if dst_val[j] >= 0:
                         _touch(flat, part_base, part_size, np.int64(dst_val[j]),
                                p.ipver[j], jp, jdp, jsp, p.src_hi[j], p.src_lo[j])
+            # no check: not IP (both values are -1 then) or no running instance at either end
             st = p.status[iu]
-            if st != STATUS_IP:
-                verdict[iu] = UNMANAGED if st == STATUS_NON_IP else MALFORMED
-                egress_rule[iu] = -1
-                ingress_rule[iu] = -1
-                running = now
-                k += 1
-                if k >= end:
-                    break
-                continue
             sv = np.int64(src_val[iu])
             dv = np.int64(dst_val[iu])
             if sv < 0 and dv < 0:
-                verdict[iu] = UNMANAGED
+                verdict[iu] = MALFORMED if st == STATUS_MALFORMED else UNMANAGED
                 egress_rule[iu] = -1
                 ingress_rule[iu] = -1
                 running = now

@@ -28,7 +28,8 @@ from .llvm_hints import select_unpredictable
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
                      _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, MALFORMED, NO_RANK,
-                     UNMANAGED, group_rank, le_position, port_key_select, ranked_outcome)
+                     UNMANAGED, group_rank, le_position, le_position6, port_key_select,
+                     ranked_outcome)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES = 0, 1, 2
@@ -551,15 +552,9 @@ def _resolve_misses(t, p, mode, vshift, cache, work, n, miss_at, miss_key, miss_
         else:
             m = I[np.uint64(cr + T.CLS_V6_LEN)]
             if m > 0:
-                base = I[np.uint64(cr + T.CLS_V6_START)]
-                while m > 1:
-                    half = m >> 1
-                    mid = base + half
-                    mh = U64[np.uint64(o_v6_hi + mid)]
-                    le = (mh < peer_hi) | ((mh == peer_hi) & (U64[np.uint64(o_v6_lo + mid)] <= peer_lo))
-                    base += select_unpredictable(le, half, 0)
-                    m -= half
-                rank[r] = I[np.uint64(o_v6_rank + base)]
+                at = le_position6(U64, o_v6_hi, o_v6_lo, I[np.uint64(cr + T.CLS_V6_START)], m,
+                                  peer_hi, peer_lo)
+                rank[r] = I[np.uint64(o_v6_rank + at)]
     _le_positions(U32, s_at, s_len, s_key, k)
     for s in range(k):
         rank[s_own[s]] = I[np.uint64(o_v4_rank - o_v4_start + s_at[s])]

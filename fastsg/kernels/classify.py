@@ -327,20 +327,32 @@ def _classify_block_grouped(t, p, cache_bits, mode, lo, hi, verdict, egress_rule
     """``_classify_block`` for big tables (``groups_misses``): flow-cache hits are answered
     as the loop meets them; a miss is queued, its cache entry marked pending so that later
     packets of the same key wait for it instead of missing too, and every MISS_GROUP
-    misses are evaluated together by ``_resolve_misses``.  Same outputs."""
+    misses are evaluated together by ``_resolve_misses``.  Same outputs.
+
+    Allocates the flow cache and the queues and runs ``_grouped_run``, which is compiled
+    without reference counting (see ``config.jit_options``)."""
+    cache, cache_shift4, cache_shift6, base6 = _flow_cache(cache_bits)
+    g = MISS_GROUP
+    queues = (np.empty(g, np.int64),          # miss_at: packet of each queued miss
+              np.empty(g, np.int64),          # miss_key: its port key
+              np.empty(g, np.int64),          # miss_put: its cache entry (-1: none)
+              np.empty(4 * g, np.int64),      # wait_at: packets waiting for a queued miss ...
+              np.empty(4 * g, np.int64))      # wait_for: ... and which one
+    _grouped_run(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingress_rule, src_val,
+                 dst_val, cache, cache_shift4, cache_shift6, base6, queues, _miss_work(g))
+
+
+@njit(refcounts=False)
+def _grouped_run(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingress_rule, src_val,
+                 dst_val, cache, cache_shift4, cache_shift6, base6, queues, work):
+    """The loop of ``_classify_block_grouped`` (its cache, queues and scratch passed in)."""
     status, ipver, proto, dport = p.status, p.ipver, p.proto, p.dport
     src_hi, src_lo, dst_hi, dst_lo = p.src_hi, p.src_lo, p.dst_hi, p.dst_lo
     icmp_type, icmp_code, frag = p.icmp_type, p.icmp_code, p.frag
-    cache, cache_shift4, cache_shift6, base6 = _flow_cache(cache_bits)
     vshift = 1 if mode == MODE_STATELESS else 0        # as in _classify_block
     use_cache = cache_bits > 0 and mode != MODE_ADDRESSES
     g = MISS_GROUP
-    miss_at = np.empty(g, np.int64)          # packet of each queued miss
-    miss_key = np.empty(g, np.int64)         # its port key
-    miss_put = np.empty(g, np.int64)         # its cache entry (-1: none)
-    wait_at = np.empty(4 * g, np.int64)      # packets waiting for a queued miss ...
-    wait_for = np.empty(4 * g, np.int64)     # ... and which one
-    work = _miss_work(g)
+    miss_at, miss_key, miss_put, wait_at, wait_for = queues
     i = lo
     while i < hi:
         n_miss = 0

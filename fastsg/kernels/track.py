@@ -278,15 +278,33 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
     A batch walked as one shard may pass ``order`` and ``clock`` empty: packet k is then
     packet k, and the clock is kept as the walk goes, from ``clock_state[sh]`` (in/out:
     the latest timestamp seen before the shard's next packet), sparing two arrays of n
-    int64 written and read once."""
+    int64 written and read once.
+
+    Allocates the shard's rules cache and runs ``_walk_shard``, which is compiled without
+    reference counting (see ``config.jit_options``)."""
+    rcache = np.zeros(4 << cache_bits, np.uint64)
+    # prefetching pays only when the tables outgrow the caches
+    lookahead = PREFETCH if part_size.max() * 32 > PREFETCH_BYTES else 0
+    _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
+                dst_val, clock, order, shard_start, pos, stop_part, slots, part_base,
+                part_size, part_used, stored, next_exp, capacity, timeouts, inst_addr_hi,
+                inst_addr_lo, inst_addr_ver, verdict, flat, free_lo, free_hi, grows,
+                clock_state, rcache, lookahead)
+
+
+@njit(refcounts=False)
+def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
+                dst_val, clock, order, shard_start, pos, stop_part, slots, part_base,
+                part_size, part_used, stored, next_exp, capacity, timeouts, inst_addr_hi,
+                inst_addr_lo, inst_addr_ver, verdict, flat, free_lo, free_hi, grows,
+                clock_state, rcache, lookahead):
+    """The loop of ``_walk``: ``rcache`` uint64[4 << cache_bits] zeroed, the rules cache;
+    ``lookahead`` packets between a table prefetch and its packet (0: none)."""
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off     # out of the tuple once
     offs = section_offsets(O)
     shift4, shift6 = t.addr4_shift, t.addr6_shift
-    # prefetching pays only when the tables outgrow the caches
-    lookahead = PREFETCH if part_size.max() * 32 > PREFETCH_BYTES else 0
     rules_ready = len(rules_v) > 0
     cache_shift = np.uint64(64 - cache_bits)
-    rcache = np.zeros(4 << cache_bits, np.uint64)
     stop_part[sh] = -1
     k = pos[sh]
     end = shard_start[sh + 1]

@@ -154,7 +154,20 @@ def _select_events(verdict, verdict_words, egress_rule, ingress_rule, log_rule, 
     the candidates, and only those are looked at closely.  With no rule logging, only the
     verdict column is read.  ``flags``: the counters pass's per-block marks (see
     ``_count_range``), or empty: a block no logged rule decided in is then looked at like
-    a batch without logged rules (its rule columns are not read again)."""
+    a batch without logged rules (its rule columns are not read again).
+
+    Allocates the candidates' list and runs ``_select_events_run``, compiled without
+    reference counting (see ``config.jit_options``)."""
+    cand = np.empty(0 if accepts else len(verdict), np.int64)
+    return _select_events_run(verdict, verdict_words, egress_rule, ingress_rule, log_rule,
+                              drops, accepts, flags, out_pkt, out_dir, cand)
+
+
+@njit(refcounts=False)
+def _select_events_run(verdict, verdict_words, egress_rule, ingress_rule, log_rule, drops,
+                       accepts, flags, out_pkt, out_dir, cand):
+    """The loop of ``_select_events``; ``cand`` int64[n] scratch (empty when accepts are
+    logged)."""
     n = len(verdict)
     k = 0
     if accepts:
@@ -167,7 +180,6 @@ def _select_events(verdict, verdict_words, egress_rule, ingress_rule, log_rule, 
         # is tested; elsewhere only refused packets can log, and they are few: found
         # skipping 8 ACCEPT verdicts (zero bytes) at a time (500k packets at 1% drops:
         # 0.53 -> 0.26 ms).  Then their events.
-        cand = np.empty(n, np.int64)
         c = 0
         for b0 in range(0, n, FLAG_BLOCK):
             b1 = min(b0 + FLAG_BLOCK, n)
@@ -305,14 +317,29 @@ def _group_events(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_
     ``keys[g]`` (KEY_WORDS uint64, see ``KEY_WORDS``), ``packets``, ``nbytes``, ``t0`` / ``t1``
     (first / last ts_ns), ``seq`` (sequence number of the first event: 2 * packet number in
     the stream + direction).  All outputs hold k rows.  Returns ``(groups, bad)`` where
-    ``bad`` counts events without an instance or with a verdict no check gives (must be 0)."""
-    k = len(pkt)
+    ``bad`` counts events without an instance or with a verdict no check gives (must be 0).
+
+    Allocates the batch's key table and runs ``_group_events_run``, compiled without
+    reference counting (see ``config.jit_options``)."""
     cap = 16
-    while cap < 2 * k:
+    while cap < 2 * len(pkt):
         cap *= 2
-    mask = np.uint64(cap - 1)
-    table = np.full(cap, -1, np.int64)
-    key = np.empty(KEY_WORDS, np.uint64)
+    return _group_events_run(pkt, d, verdict, egress_rule, ingress_rule, src_instance,
+                             dst_instance, inst_map, rule_map, p, interval_ns, first_packet,
+                             rec_slots, rec_keys, rec_packets, rec_bytes, rec_t0, rec_t1, keys,
+                             packets, nbytes, t0, t1, seq, np.full(cap, -1, np.int64),
+                             np.empty(KEY_WORDS, np.uint64))
+
+
+@njit(refcounts=False)
+def _group_events_run(pkt, d, verdict, egress_rule, ingress_rule, src_instance, dst_instance,
+                      inst_map, rule_map, p, interval_ns, first_packet, rec_slots, rec_keys,
+                      rec_packets, rec_bytes, rec_t0, rec_t1, keys, packets, nbytes, t0, t1,
+                      seq, table, key):
+    """The loop of ``_group_events``: ``table`` int64, a power of two >= 2k long, all -1
+    (the batch's new keys' hash index); ``key`` uint64[KEY_WORDS] scratch."""
+    k = len(pkt)
+    mask = np.uint64(len(table) - 1)
     groups = 0
     bad = 0
     for j in range(k):

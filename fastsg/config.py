@@ -72,6 +72,10 @@ BLOCK_PACKETS = 1 << 16
 # which stays in L2), plus a quarter as many IPv6 entries of 64 bytes.  Measured on
 # generated traffic: 85% hits at 1024 entries, 90% at 4096.  0 turns the cache off.
 FLOW_CACHE_BITS = 12
+# log2 of the tracking walk's fast-cache IPv4 entries per shard (64 bytes each: 4096 are
+# 256 KiB), plus a quarter as many IPv6 entries of 128 bytes (see ``kernels/track.py``).
+# Used while the walk does not prefetch (tables that fit the caches); 0 turns it off.
+TRACK_CACHE_BITS = 12
 # Flow-cache misses of big tables are evaluated this many at a time, one table step of all of them per
 # pass, so the CPU overlaps their cache misses (see ``classify._resolve_misses``).
 MISS_GROUP = 32

@@ -740,3 +740,67 @@ def test_reset_tracking_empties_tables_and_clock():
     assert got == [(D, DEF, None), (A, C_EG, "web")]
     stats = engine.tracking_stats()
     assert stats["flows"] == 2 and {"flows", "table_bytes", "bytes_per_flow"} <= set(stats)
+
+
+# =======================================================================================
+# the walk's fast cache (kernels/track.py): a key's next packet reuses its outcome only
+# while that outcome cannot have changed
+# =======================================================================================
+def test_fast_cache_refused_key_opens_when_its_reply_inserts():
+    # the server's answer is refused (no egress rule) and remembered; the client's packet
+    # then opens the flow, and the same answer is conntrack
+    ans = pkt(S, C, sport=80, dport=5000, t=0, flags=ACK)
+    expect(world(), [ans, dict(ans, ts=T0_NS + SEC // 10), pkt(C, S, sport=5000, t=0.2),
+                     dict(ans, ts=T0_NS + SEC // 2)],
+           [(D, DEF, None), (D, DEF, None), (A, C_EG, "web"), (A, CT, CT)])
+
+
+def test_fast_cache_icmp_type_is_not_in_the_key():
+    # echo reply (type 0) and request (type 8) share a flow key; the rules allow only the
+    # request, so a refused reply must not stand for the request after it
+    rep0 = pkt(EXT, S, ICMP, icmp_type=0, ident=7, t=0)
+    expect(world(), [rep0, dict(rep0, ts=T0_NS + 1), dict(rep0, icmp_type=8, ts=T0_NS + 2),
+                     dict(rep0, ts=T0_NS + 3)],
+           [(D, None, DEF), (D, None, DEF), (A, None, "ping"), (A, None, CT)])
+
+
+def test_fast_cache_icmp_non_echo_types_share_a_key():
+    w = world(server_ingress=[{"id": "ts-reply", "protocol": "icmp", "icmp_type": 14,
+                               "cidr": "0.0.0.0/0"}])
+    ts13 = pkt(EXT, S, ICMP, icmp_type=13, t=0)
+    expect(w, [ts13, dict(ts13, ts=T0_NS + 1), dict(ts13, icmp_type=14, ts=T0_NS + 2),
+               dict(ts13, ts=T0_NS + 3)],
+           [(D, None, DEF), (D, None, DEF), (A, None, "ts-reply"), (A, None, CT)])
+
+
+def test_fast_cache_forgets_flows_an_rst_ends():
+    syn = pkt(C, S, t=0)
+    ack = pkt(C, S, t=0.2, flags=ACK)
+    expect(world(), [syn, reply(syn, t=0.1), ack, dict(ack, ts=T0_NS + SEC * 3 // 10),
+                     pkt(C, S, t=0.4, flags=RST | ACK), reply(syn, t=0.5),
+                     dict(ack, ts=T0_NS + SEC * 6 // 10)],
+           [(A, C_EG, "web"), (A, CT, CT), (A, CT, CT), (A, CT, CT), (A, CT, CT),
+            (D, DEF, None), (A, C_EG, "web")])
+
+
+def test_fast_cache_udp_stream_outlives_the_cached_udp_timeout():
+    # cached before the reply made the flow a stream (udp 2 s, stream 4 s): at 3.0 s the
+    # cached bound (2 s) has passed but the flow lives on as a stream, until 3.0 + 4
+    q = pkt(C, S, UDP, sport=5353, dport=53, t=0)
+    expect(world(), [q, dict(q, ts=T0_NS + SEC // 10), reply(q, t=0.2),
+                     dict(q, ts=T0_NS + 3 * SEC), dict(q, ts=T0_NS + 7 * SEC),
+                     dict(q, ts=T0_NS + 7 * SEC + 1)],
+           [(A, C_EG, "dns"), (A, CT, CT), (A, CT, CT), (A, CT, CT), (A, CT, CT),
+            (A, CT, CT)])
+    expect(world(), [q, dict(q, ts=T0_NS + SEC // 10), reply(q, t=0.2),
+                     dict(q, ts=T0_NS + 3 * SEC), dict(q, ts=T0_NS + 7 * SEC + 1)],
+           [(A, C_EG, "dns"), (A, CT, CT), (A, CT, CT), (A, CT, CT), (A, C_EG, "dns")])
+
+
+def test_fast_cache_expiry_is_exact():
+    # tcp 5 s: a cached flow refreshed at 1 s is live at 6 s exactly, gone 1 ns later
+    syn = pkt(C, S, t=0)
+    again = dict(syn, tcp_flags=ACK)
+    expect(world(), [syn, dict(again, ts=T0_NS + SEC), dict(again, ts=T0_NS + 6 * SEC),
+                     dict(again, ts=T0_NS + 11 * SEC + 1)],
+           [(A, C_EG, "web"), (A, CT, CT), (A, CT, CT), (A, C_EG, "web")])

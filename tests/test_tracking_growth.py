@@ -144,15 +144,17 @@ def test_big_arena_is_zeroed_aligned_and_a_private_mapping():
 
 
 def test_rules_first_while_the_stream_opens_flows():
-    """The rules pass runs before the walk while the tables are empty or the last batch
-    added many flows per packet; a batch of known flows is walked alone (a speed choice
-    only: both ways give the reference's results, tested elsewhere)."""
+    """Without the walk's fast cache (big tables), the rules pass runs before the walk
+    while the tables are empty or the last batch added many flows per packet; a batch of
+    known flows is walked alone (a speed choice only: both ways give the reference's
+    results, tested elsewhere)."""
     from fastsg.tracking import RULES_FIRST_NEW_FLOWS
 
     world = World.from_dict(generate_world(200, 5, 10, seed=3))
     batch = generate_traffic(world, 2000, flows=200, seed=4, calibrate=False)
     engine = Engine(world, threads=1)
     tracker = engine.tracker
+    tracker.walk_caches = lambda: False             # as for tables too big for the cache
     assert tracker.rules_first(len(batch), 1) is True                  # empty tables
     first = engine.classify(batch)
     assert tracker.new_flow_share >= RULES_FIRST_NEW_FLOWS
@@ -164,3 +166,19 @@ def test_rules_first_while_the_stream_opens_flows():
         > np.count_nonzero(first.egress_rule == 1) + np.count_nonzero(first.ingress_rule == 1)
     engine.reset_tracking()
     assert tracker.new_flow_share == 0.0 and tracker.rules_first(len(batch), 1) is True
+
+
+def test_one_walk_with_the_fast_cache_evaluates_the_rules_itself():
+    """With its fast cache, one walk (one thread, or one shard) evaluates the rules itself,
+    however many flows the stream opens; several shards keep the pass first while the
+    tables are empty."""
+    world = World.from_dict(generate_world(200, 5, 10, seed=3))
+    batch = generate_traffic(world, 2000, flows=200, seed=4, calibrate=False)
+    engine = Engine(world, threads=1)
+    tracker = engine.tracker
+    assert tracker.walk_caches()
+    assert tracker.rules_first(len(batch), 1) is False                 # empty tables
+    assert tracker.rules_first(len(batch), 2, shards=1) is False
+    assert tracker.rules_first(len(batch), 2, shards=2) is True
+    engine.classify(batch)
+    assert tracker.rules_first(len(batch), 1) is False                 # still opening flows

@@ -25,6 +25,29 @@ meets checks in both; linked partitions form components, components are dealt to
 and each thread walks its packets in capture order.  Every table is touched by one thread
 only, in capture order, so the result is exactly the sequential one.
 
+Fast cache.  While the tables fit the caches (no prefetching, see ``_walk``), each walk keeps a
+direct-mapped cache of outcomes by flow key in the packet's direction (source, destination,
+protocol, the flow's two ports; IPv4 entries of 8 uint64 words, IPv6 entries of 16 that also
+hold the addresses): the verdict and deciding rules, the address values, and the slots the
+checks refreshed.  A packet whose key is cached takes that outcome and refreshes those slots
+without probing the tables.  Measured at 10k rules, one thread, a fresh generated stream of
+500k packets: 91% of the packets take it, and the walk alone went from 2.85x to 2.09x the
+stateless cost (minimum of 15 alternating rounds).  An entry stands only while its outcome
+cannot have changed:
+
+* ``valid until``: the earliest time one of its slots may expire (``expiry_bound_timeout``
+  from the last refresh through it; a slot's last time only grows, so until then it is live
+  and, having been live, never purged and its slot never reused);
+* the generations of its slots' partitions (a rehash moves slots);
+* a packet that inserts or ends a flow (RST) forgets its key's entry and the reply's, the
+  only two keys whose checks meet those flows: a refused check stays refused until then;
+* entries are made only from outcomes the same key's next packet meets again: every check a
+  live flow or refused by the rules (no insert, no RELATED, no conntrack-full), after the
+  refresh (so a udp flow made a stream already is); after an insert, the flows just made
+  (and for the reply, unless udp, whose first reply still makes its flows streams);
+* ICMP keys hold no type or code, which the rules may look at: only outcomes where every check
+  finds a flow; ICMP errors, RSTs and non-first fragments never use it.
+
 The clock is the latest timestamp seen so far (``clock[i]`` is the running maximum), so an
 expired flow stays expired and may be purged.  A partition about to pass 3/4 load is
 rehashed, bigger, into its shard's free arena space; a shard out of space stops before the
@@ -35,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ..config import njit
+from ..config import TRACK_CACHE_BITS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED, TCP_RST
 from .llvm_hints import prefetch
 from .check import addr_value, rules_check, section_offsets
@@ -46,6 +69,9 @@ MIN_PART_SLOTS = 64                # a partition's first size
 PREFETCH = 8                       # packets of lookahead for the table loads
 PREFETCH_BYTES = 1 << 20           # ... issued once a partition is bigger than this (L2-sized)
 PART_SHIFT = 6                     # log2(NPART)
+_FC_VALID = np.uint64(1 << 63)
+_NEVER = np.int64(0x7FFFFFFFFFFFFFFF)
+_MASK30 = np.uint64((1 << 30) - 1)
 
 RULE_CONNTRACK = 1
 RULE_RELATED = 2
@@ -223,6 +249,63 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
 
 
 @njit(inline=True)
+def _fc_key(ver, s_hi, s_lo, d_hi, d_lo, proto, sp, dp, fsh):
+    """A packet's fast-cache entry (word index, uint64) and key words; ``fsh``: the
+    cache's (shift4, shift6, base6)."""
+    k2 = _FC_VALID | (np.uint64(proto) << np.uint64(32)) | (np.uint64(sp) << np.uint64(16)) \
+        | np.uint64(dp)
+    if ver == 4:
+        k1 = (np.uint64(s_lo) << np.uint64(32)) | np.uint64(d_lo)
+        return np.uint64(8) * (((k1 ^ (k2 * _MUL2)) * _MUL) >> fsh[0]), k1, k2
+    k1 = (s_hi * _MUL2) ^ s_lo ^ ((d_hi * _MUL2 ^ d_lo) * _MUL) ^ k2
+    return fsh[2] + np.uint64(16) * ((k1 * _MUL) >> fsh[1]), k1, k2
+
+
+@njit(inline=True)
+def _fc_match(fc, cu, ver, k1, k2, s_hi, s_lo, d_hi, d_lo):
+    """Whether the fast-cache entry at ``cu`` holds this key."""
+    if fc[cu] != k1 or fc[cu + np.uint64(1)] != k2:
+        return False
+    return ver == 4 or (fc[cu + np.uint64(8)] == s_hi and fc[cu + np.uint64(9)] == s_lo
+                        and fc[cu + np.uint64(10)] == d_hi and fc[cu + np.uint64(11)] == d_lo)
+
+
+@njit(inline=True)
+def _fc_fill(fc, cu, ver, k1, k2, s_hi, s_lo, d_hi, d_lo, se, si, sv, dv, slots, proto,
+             timeouts, part_gen, outcome, now):
+    """Remember a packet's outcome: the slots its checks refreshed (se, si; -1 none), the
+    address values, the earliest expiry they may have, the partitions' generations."""
+    tmo = _NEVER
+    gw = np.uint64(0)
+    if se >= 0:
+        tmo = expiry_bound_timeout(proto, slots[np.uint64(se), 2], timeouts)
+        gw = part_gen[np.uint64((sv >> 1) & (NPART - 1))]
+    if si >= 0:
+        tmo = min(tmo, expiry_bound_timeout(proto, slots[np.uint64(si), 2], timeouts))
+        gw |= part_gen[np.uint64((dv >> 1) & (NPART - 1))] << np.uint64(32)
+    fc[cu] = k1
+    fc[cu + np.uint64(1)] = k2
+    fc[cu + np.uint64(2)] = np.uint64(se + 1) | (np.uint64(si + 1) << np.uint64(32))
+    fc[cu + np.uint64(3)] = np.uint64(now + tmo if tmo != _NEVER else _NEVER)
+    fc[cu + np.uint64(4)] = np.uint64(sv + 1) | (np.uint64(dv + 1) << np.uint64(32))
+    fc[cu + np.uint64(5)] = np.uint64(tmo)
+    fc[cu + np.uint64(6)] = gw
+    fc[cu + np.uint64(7)] = outcome
+    if ver != 4:
+        fc[cu + np.uint64(8)] = s_hi
+        fc[cu + np.uint64(9)] = s_lo
+        fc[cu + np.uint64(10)] = d_hi
+        fc[cu + np.uint64(11)] = d_lo
+
+
+@njit(inline=True)
+def _fc_forget(fc, fsh, ver, s_hi, s_lo, d_hi, d_lo, proto, sp, dp):
+    cu, k1, k2 = _fc_key(ver, s_hi, s_lo, d_hi, d_lo, proto, sp, dp, fsh)
+    if _fc_match(fc, cu, ver, k1, k2, s_hi, s_lo, d_hi, d_lo):
+        fc[cu + np.uint64(1)] = np.uint64(0)
+
+
+@njit(inline=True)
 def _live_slot(slots, part_base, part_size, timeouts, now, val, ver, proto, xport, pport,
                peer_hi, peer_lo):
     """The slot of the live flow a check at ``val``'s instance (address-map value) finds:
@@ -283,13 +366,22 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
     Allocates the shard's rules cache and runs ``_walk_shard``, which is compiled without
     reference counting (see ``config.jit_options``)."""
     rcache = np.zeros(4 << cache_bits, np.uint64)
-    # prefetching pays only when the tables outgrow the caches
+    # prefetching pays only when the tables outgrow the caches; the fast cache only while
+    # they do not (with a million live flows nearly every key is new to it)
     lookahead = PREFETCH if part_size.max() * 32 > PREFETCH_BYTES else 0
+    fbits = TRACK_CACHE_BITS if lookahead == 0 else 0
+    bits6 = max(fbits - 2, 1)
+    fsize = (8 << fbits) + (16 << bits6)
+    fraw = np.zeros(fsize + 8, np.uint64)
+    fstart = (8 - ((np.int64(fraw.ctypes.data) >> 3) & 7)) & 7
+    fc = fraw[fstart:fstart + fsize]
+    fsh = (np.uint64(64 - fbits), np.uint64(64 - bits6), np.uint64(8 << fbits))
+    part_gen = np.zeros(NPART, np.uint64)
     _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
                 dst_val, clock, order, shard_start, pos, stop_part, slots, part_base,
                 part_size, part_used, stored, next_exp, capacity, timeouts, inst_addr_hi,
                 inst_addr_lo, inst_addr_ver, verdict, flat, free_lo, free_hi, grows,
-                clock_state, rcache, lookahead)
+                clock_state, rcache, lookahead, fc, fbits, fsh, part_gen)
 
 
 @njit(refcounts=False)
@@ -297,9 +389,12 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                 dst_val, clock, order, shard_start, pos, stop_part, slots, part_base,
                 part_size, part_used, stored, next_exp, capacity, timeouts, inst_addr_hi,
                 inst_addr_lo, inst_addr_ver, verdict, flat, free_lo, free_hi, grows,
-                clock_state, rcache, lookahead):
+                clock_state, rcache, lookahead, fc, fbits, fsh, part_gen):
     """The loop of ``_walk``: ``rcache`` uint64[4 << cache_bits] zeroed, the rules cache;
-    ``lookahead`` packets between a table prefetch and its packet (0: none)."""
+    ``lookahead`` packets between a table prefetch and its packet (0: none); ``fc`` the
+    fast cache (zeroed, 64-byte aligned uint64: ``8 << fbits`` words of IPv4 entries, then
+    the IPv6 ones from ``fsh[2]``; ``fbits`` 0: off), ``fsh`` its (IPv4 shift, IPv6 shift,
+    IPv6 base), ``part_gen`` uint64[NPART] zeroed, each partition's rehash count."""
     I, U32, U64, U8, O = t.i32, t.u32, t.u64, t.u8, t.off     # out of the tuple once
     offs = section_offsets(O)
     shift4, shift6 = t.addr4_shift, t.addr6_shift
@@ -315,6 +410,10 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
     by_clock = len(clock) > 0
     running = clock_state[sh]
     ts = p.ts
+    use_fc = fbits > 0
+    ce = np.int64(-1)
+    ck1 = np.uint64(0)
+    ck2 = np.uint64(0)
     while k < end:
         # The packets up to the next one the full path must take, in a loop of their own:
         # what only the full path uses (the rules' table offsets, its cache, the arena
@@ -328,6 +427,54 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                 now = clock[iu]
             else:
                 now = ts[iu] if ts[iu] > running else running
+            # -- the fast cache: this key's outcome last time, and the slots to refresh
+            ce = np.int64(-1)
+            if use_fc and p.status[iu] == STATUS_IP and p.frag[iu] == 0:
+                c_proto = np.int64(p.proto[iu])
+                if not ((c_proto == 6 and (p.tcp_flags[iu] & TCP_RST) != 0)
+                        or ((c_proto == 1 or c_proto == 58) and p.emb_valid[iu] != 0)):
+                    c_sp, c_dp = flow_ports(c_proto, p.icmp_type[iu], p.sport[iu], p.dport[iu],
+                                            p.icmp_id[iu])
+                    c_ver = p.ipver[iu]
+                    cu, ck1, ck2 = _fc_key(c_ver, p.src_hi[iu], p.src_lo[iu], p.dst_hi[iu],
+                                           p.dst_lo[iu], c_proto, c_sp, c_dp, fsh)
+                    ce = np.int64(cu)
+                    if _fc_match(fc, cu, c_ver, ck1, ck2, p.src_hi[iu], p.src_lo[iu],
+                                 p.dst_hi[iu], p.dst_lo[iu]) \
+                            and now <= np.int64(fc[cu + np.uint64(3)]):
+                        vals = fc[cu + np.uint64(4)]
+                        sw = fc[cu + np.uint64(2)]
+                        gw = fc[cu + np.uint64(6)]
+                        c_sv = np.int64(vals & _LOW32) - 1
+                        c_dv = np.int64(vals >> np.uint64(32)) - 1
+                        c_se = np.int64(sw & _LOW32) - 1
+                        c_si = np.int64(sw >> np.uint64(32)) - 1
+                        good = True
+                        if c_se >= 0:
+                            good = part_gen[np.uint64((c_sv >> 1) & (NPART - 1))] == (gw & _LOW32)
+                        if c_si >= 0 and good:
+                            good = part_gen[np.uint64((c_dv >> 1) & (NPART - 1))] \
+                                == (gw >> np.uint64(32))
+                        if good:
+                            if c_se >= 0:
+                                slots[np.uint64(c_se), 3] = np.uint64(now)
+                            if c_si >= 0:
+                                slots[np.uint64(c_si), 3] = np.uint64(now)
+                            if c_se >= 0 or c_si >= 0:
+                                fc[cu + np.uint64(3)] = np.uint64(now + np.int64(fc[cu + np.uint64(5)]))
+                            out = fc[cu + np.uint64(7)]
+                            src_val[iu] = c_sv
+                            dst_val[iu] = c_dv
+                            verdict[iu] = np.uint8(out & np.uint64(15))
+                            egress_rule[iu] = np.int32(np.int64((out >> np.uint64(4)) & _MASK30) - 1)
+                            ingress_rule[iu] = np.int32(np.int64(out >> np.uint64(34)) - 1)
+                            running = now
+                            if fill == k:
+                                fill += 1
+                            k += 1
+                            if k >= end:
+                                break
+                            continue
             while fill < end and fill <= k + lookahead:
                 j = order[fill] if by_order else fill
                 ju = np.uint64(j)
@@ -395,6 +542,14 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                             _refresh(slots, se, now, f_proto, True)
                         if si >= 0:
                             _refresh(slots, si, now, f_proto, False)
+                        if ce >= 0:
+                            _fc_fill(fc, np.uint64(ce), f_ver, ck1, ck2, p.src_hi[iu], p.src_lo[iu],
+                                     p.dst_hi[iu], p.dst_lo[iu], se, si, sv, dv, slots, f_proto,
+                                     timeouts, part_gen,
+                                     np.uint64(ACCEPT)
+                                     | (np.uint64(RULE_CONNTRACK + 1 if se >= 0 else 0) << np.uint64(4))
+                                     | (np.uint64(RULE_CONNTRACK + 1 if si >= 0 else 0) << np.uint64(34)),
+                                     now)
                         verdict[iu] = ACCEPT
                         egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
                         ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
@@ -429,6 +584,7 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                 slots[base:base + size] = 0     # the old region is garbage now
                 part_base[np.uint64(q)] = nb
                 part_size[np.uint64(q)] = new_size
+                part_gen[np.uint64(q)] += np.uint64(1)      # its slots moved
                 free_lo[sh] = nb + new_size
                 grows[sh] += 1
             if stop_part[sh] >= 0:
@@ -443,6 +599,10 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
         v = ACCEPT
         eg = np.int64(-1)
         ig = np.int64(-1)
+        changed = rst               # a flow inserted or ended: forget both directions' entries
+        stable = True               # the same outcome for this key's next packet (no insert)
+        fs0 = np.int64(-1)
+        fs1 = np.int64(-1)
         for side in range(2):
             if side == 0:
                 if sv < 0:
@@ -483,6 +643,10 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                     if np.int64(slots[np.uint64(s), 3]) + timeout_of(proto, w2, timeouts) >= now:
                         hit = True
                         _refresh(slots, s, now, proto, egress)
+                        if side == 0:
+                            fs0 = s
+                        else:
+                            fs1 = s
                         if rst:
                             slots[np.uint64(s), 2] = TOMB
                             stored[np.uint64(inst)] -= 1
@@ -510,6 +674,7 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                                         e_proto, slots[np.uint64(s2), 2], timeouts) >= now:
                                     hit = True
                                     cr = RULE_RELATED
+                                    stable = False
             if not hit:
                 # -- the rules (precomputed, or through the cache); an ACCEPT inserts
                 slot4 = -1
@@ -546,6 +711,7 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                             if s >= 0 and (slots[np.uint64(s), 2] & OCC) == 0:
                                 s = -1           # the sweep purged this key's expired entry
                     if stored[np.uint64(inst)] >= capacity:
+                        stable = False
                         cv = DROP
                         cr = RULE_FULL
                     elif rst:
@@ -556,6 +722,7 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                         state = kw | OCC
                         if not egress:
                             state |= INBOUND
+                        changed = True
                         if s < 0:
                             s = _free_slot(slots, base, size, peer_hi, peer_lo, kw)
                             if slots[np.uint64(s), 2] == 0:
@@ -568,11 +735,43 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                         exp = now + expiry_bound_timeout(proto, state, timeouts)
                         if exp < next_exp[np.uint64(inst)]:
                             next_exp[np.uint64(inst)] = exp
+                        if side == 0:
+                            fs0 = s
+                        else:
+                            fs1 = s
             v = cv
             if side == 0:
                 eg = cr
             else:
                 ig = cr
+        if use_fc:
+            # what this key's next packet meets: the flows this one found or inserted
+            # (conntrack), the rules that refused it.  ICMP keys only when every check
+            # finds a flow: the key holds no ICMP type, which the rules may look at.
+            if stable and ce >= 0 and (v == ACCEPT or not (proto == 1 or proto == 58)):
+                _fc_fill(fc, np.uint64(ce), ver, ck1, ck2, p.src_hi[iu], p.src_lo[iu], p.dst_hi[iu],
+                         p.dst_lo[iu], fs0, fs1, sv, dv, slots, proto, timeouts, part_gen, np.uint64(v)
+                         | (np.uint64((RULE_CONNTRACK if fs0 >= 0 else eg) + 1) << np.uint64(4))
+                         | (np.uint64((RULE_CONNTRACK if fs1 >= 0 else ig) + 1) << np.uint64(34)),
+                         now)
+            elif changed:
+                _fc_forget(fc, fsh, ver, p.src_hi[iu], p.src_lo[iu], p.dst_hi[iu], p.dst_lo[iu],
+                           proto, sp, dp)
+            if changed:
+                # and the reply's: it finds the same two flows (a udp reply makes its flows
+                # streams, which the full path does)
+                if stable and ce >= 0 and v == ACCEPT and proto != 17:
+                    ru, r1, r2 = _fc_key(ver, p.dst_hi[iu], p.dst_lo[iu], p.src_hi[iu],
+                                         p.src_lo[iu], proto, dp, sp, fsh)
+                    _fc_fill(fc, ru, ver, r1, r2, p.dst_hi[iu], p.dst_lo[iu], p.src_hi[iu],
+                             p.src_lo[iu], fs1, fs0, dv, sv, slots, proto, timeouts, part_gen,
+                             np.uint64(ACCEPT)
+                             | (np.uint64(RULE_CONNTRACK + 1 if fs1 >= 0 else 0) << np.uint64(4))
+                             | (np.uint64(RULE_CONNTRACK + 1 if fs0 >= 0 else 0) << np.uint64(34)),
+                             now)
+                else:
+                    _fc_forget(fc, fsh, ver, p.dst_hi[iu], p.dst_lo[iu], p.src_hi[iu],
+                               p.src_lo[iu], proto, dp, sp)
         verdict[iu] = v
         egress_rule[iu] = eg
         ingress_rule[iu] = ig

@@ -13,8 +13,8 @@ import mmap
 import numpy as np
 
 from .config import TRACK_CACHE_BITS
-from .kernels.track import (MIN_PART_SLOTS, NPART, PART_SHIFT, PREFETCH_BYTES, _discard,
-                            _live_flows, _shards, _track, _walk, grown_size)
+from .kernels.track import (MIN_PART_SLOTS, NPART, PART_SHIFT, _discard, _live_flows,
+                            _shards, _track, _walk, grown_size, prefetches)
 
 SLOT_WORDS = 4
 SLOT_BYTES = SLOT_WORDS * 8
@@ -155,7 +155,7 @@ class Tracker:
         """Whether the next walk keeps its fast cache: on unless turned off
         (``config.TRACK_CACHE_BITS``) or the tables are big enough to be prefetched
         instead (``kernels/track.py``)."""
-        return TRACK_CACHE_BITS > 0 and int(self.part_size.max()) * SLOT_BYTES <= PREFETCH_BYTES
+        return TRACK_CACHE_BITS > 0 and not prefetches(self.part_size)
 
     @staticmethod
     def shard_count(plan) -> int:

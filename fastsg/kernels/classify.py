@@ -28,12 +28,12 @@ from .llvm_hints import select_unpredictable
 from .lookup import (_ADDR4, _ADDR6_HI, _ADDR6_LO, _ADDR6_VAL, _CLS, _GRP, _INST, _INST_GROUP_LIST,
                      _PD, _PD_PROTO_SLOT, _PT_CLASS, _PT_START_KEY, _RANK, _SLOT, _V4_RANK,
                      _V4_START, _V6_RANK, _V6_START_HI, _V6_START_LO, ACCEPT, MALFORMED, NO_RANK,
-                     UNMANAGED, group_rank, le_position, le_position6, port_key_select,
-                     ranked_outcome)
+                     UNMANAGED, cache_outputs, group_rank, le_position, le_position6,
+                     pack_outcome, pack_pair, port_key_select, ranked_outcome,
+                     zeros_line_aligned)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 MODE_STATELESS, MODE_BOTH, MODE_ADDRESSES = 0, 1, 2
-_MASK30 = np.uint64((1 << 30) - 1)
 # a flow-cache outcome word whose key's first packet is queued as a miss (low half: which)
 _PENDING = np.uint64(1 << 63)
 
@@ -62,9 +62,7 @@ def _flow_cache(cache_bits):
     bits6 = max(cache_bits - 2, 1)
     base6 = 4 << bits4
     size = base6 + (8 << bits6)
-    raw = np.zeros(size + 8, np.uint64)
-    start = (8 - ((np.int64(raw.ctypes.data) >> 3) & 7)) & 7
-    return raw[start:start + size], np.uint64(64 - bits4), np.uint64(64 - bits6), np.int64(base6)
+    return zeros_line_aligned(size), np.uint64(64 - bits4), np.uint64(64 - bits6), np.int64(base6)
 
 
 @njit(inline=True)
@@ -98,17 +96,6 @@ def _cache_claim(cache, put, ver, k1, k2, outcome, s_hi, s_lo, d_hi, d_lo):
     cache[np.uint64(put)] = k1
     cache[np.uint64(put + 1)] = k2
     cache[np.uint64(put + 2)] = outcome
-
-
-@njit(inline=True)
-def _cache_outputs(packed, vals, iu, vshift, verdict, egress_rule, ingress_rule, src_val,
-                   dst_val):
-    """A packet's outputs from its flow-cache entry's outcome and values words."""
-    verdict[iu] = np.uint8(packed & np.uint64(15))
-    egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
-    ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
-    src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
-    dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
 
 
 @njit()
@@ -156,7 +143,7 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
                                             proto[iu], key, src_hi[iu], src_lo[iu],
                                             dst_hi[iu], dst_lo[iu])
             if hit:
-                _cache_outputs(cache[np.uint64(put + 2)], cache[np.uint64(put + 3)], iu, vshift,
+                cache_outputs(cache[np.uint64(put + 2)], cache[np.uint64(put + 3)], iu, vshift,
                                verdict, egress_rule, ingress_rule, src_val, dst_val)
                 continue
         # -- 2. addresses -> instances (value inst*2 + is_public, -1 none)
@@ -314,11 +301,9 @@ def _classify_block(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingres
         egress_rule[iu] = eg
         ingress_rule[iu] = ig
         if put >= 0:
-            _cache_claim(cache, put, ver, k1, k2,
-                         np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
-                         | (np.uint64(ig + 1) << np.uint64(34)),
+            _cache_claim(cache, put, ver, k1, k2, pack_outcome(v, eg, ig),
                          src_hi[iu], src_lo[iu], dst_hi[iu], dst_lo[iu])
-            cache[np.uint64(put + 3)] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
+            cache[np.uint64(put + 3)] = pack_pair(s_val, d_val)
 
 
 @njit()
@@ -384,7 +369,7 @@ def _grouped_run(t, p, cache_bits, mode, lo, hi, verdict, egress_rule, ingress_r
                         wait_for[n_wait] = np.int64(packed & _LOW32)
                         n_wait += 1
                         continue
-                    _cache_outputs(packed, cache[np.uint64(put + 3)], iu, vshift, verdict,
+                    cache_outputs(packed, cache[np.uint64(put + 3)], iu, vshift, verdict,
                                    egress_rule, ingress_rule, src_val, dst_val)
                     continue
                 # claim the entry now: later packets of this key wait for this miss
@@ -611,9 +596,8 @@ def _resolve_misses(t, p, mode, vshift, cache, work, n, miss_at, miss_key, miss_
         ingress_rule[iu] = ig
         put = miss_put[j]
         if put >= 0 and cache[np.uint64(put + 2)] == (_PENDING | np.uint64(j)):
-            cache[np.uint64(put + 2)] = (np.uint64(v) | (np.uint64(eg + 1) << np.uint64(4))
-                                         | (np.uint64(ig + 1) << np.uint64(34)))
-            cache[np.uint64(put + 3)] = np.uint64(s_val + 1) | (np.uint64(d_val + 1) << np.uint64(32))
+            cache[np.uint64(put + 2)] = pack_outcome(v, eg, ig)
+            cache[np.uint64(put + 3)] = pack_pair(s_val, d_val)
     for w in range(n_wait):
         iu = np.uint64(wait_at[w])
         ju = np.uint64(miss_at[wait_for[w]])

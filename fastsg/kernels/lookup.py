@@ -33,6 +33,7 @@ from .llvm_hints import select_unpredictable
 
 NO_RANK = 0x7FFFFFFF
 _LOW32 = np.uint64(0xFFFFFFFF)
+_MASK30 = np.uint64((1 << 30) - 1)
 RULE_DEFAULT = 0
 ACCEPT, DROP, REJECT, UNMANAGED, MALFORMED = 0, 1, 2, 3, 4
 
@@ -56,6 +57,43 @@ _V6_START_LO = SECTION["v6_start_lo"]
 _ADDR6_HI = SECTION["addr6_hi"]
 _ADDR6_LO = SECTION["addr6_lo"]
 _PD_PROTO_SLOT = SECTION["pd_proto_slot"]
+
+
+@njit(inline=True)
+def pack_outcome(verdict, egress_rule, ingress_rule):
+    """A packet's outcome as one uint64, the form the flow caches keep (the stateless
+    kernel's and the tracking walk's): ``verdict | (egress_rule + 1) << 4 |
+    (ingress_rule + 1) << 34`` (rules -1 where the check did not happen)."""
+    return np.uint64(verdict) | (np.uint64(egress_rule + 1) << np.uint64(4)) \
+        | (np.uint64(ingress_rule + 1) << np.uint64(34))
+
+
+@njit(inline=True)
+def pack_pair(a, b):
+    """Two int64 values >= -1 as one uint64: ``(a + 1) | (b + 1) << 32`` (address values,
+    slot indexes)."""
+    return np.uint64(a + 1) | (np.uint64(b + 1) << np.uint64(32))
+
+
+@njit(inline=True)
+def cache_outputs(packed, vals, iu, vshift, verdict, egress_rule, ingress_rule, src_val,
+                  dst_val):
+    """Packet ``iu``'s outputs from a cached outcome word (``pack_outcome``) and values
+    word (``pack_pair`` of the address values, written shifted right by ``vshift``)."""
+    verdict[iu] = np.uint8(packed & np.uint64(15))
+    egress_rule[iu] = np.int32(np.int64((packed >> np.uint64(4)) & _MASK30) - 1)
+    ingress_rule[iu] = np.int32(np.int64(packed >> np.uint64(34)) - 1)
+    src_val[iu] = np.int32((np.int64(vals & _LOW32) - 1) >> vshift)
+    dst_val[iu] = np.int32((np.int64(vals >> np.uint64(32)) - 1) >> vshift)
+
+
+@njit(inline=True)
+def zeros_line_aligned(size):
+    """Zeroed uint64[size] starting on a 64-byte boundary (so no cache entry straddles
+    two lines)."""
+    raw = np.zeros(size + 8, np.uint64)
+    start = (8 - ((np.int64(raw.ctypes.data) >> 3) & 7)) & 7
+    return raw[start:start + size]
 
 
 @njit(inline=True)

@@ -62,7 +62,8 @@ from ..config import TRACK_CACHE_BITS, njit
 from ..schema import STATUS_IP, STATUS_MALFORMED, TCP_RST
 from .llvm_hints import prefetch
 from .check import addr_value, rules_check, section_offsets
-from .lookup import ACCEPT, DROP, MALFORMED, UNMANAGED, port_key
+from .lookup import (ACCEPT, DROP, MALFORMED, UNMANAGED, cache_outputs, pack_outcome, pack_pair,
+                     port_key, zeros_line_aligned)
 
 NPART = 64
 MIN_PART_SLOTS = 64                # a partition's first size
@@ -71,7 +72,6 @@ PREFETCH_BYTES = 1 << 20           # ... issued once a partition is bigger than 
 PART_SHIFT = 6                     # log2(NPART)
 _FC_VALID = np.uint64(1 << 63)
 _NEVER = np.int64(0x7FFFFFFFFFFFFFFF)
-_MASK30 = np.uint64((1 << 30) - 1)
 
 RULE_CONNTRACK = 1
 RULE_RELATED = 2
@@ -248,6 +248,13 @@ def _touch(flat, part_base, part_size, val, ver, proto, xport, pport, peer_hi, p
             prefetch(flat, at + 8)
 
 
+@njit()
+def prefetches(part_size):
+    """Whether a walk over partitions of ``part_size`` slots prefetches its table loads
+    (a partition bigger than the L2 cache) instead of keeping the fast cache."""
+    return part_size.max() * 32 > PREFETCH_BYTES
+
+
 @njit(inline=True)
 def _fc_key(ver, s_hi, s_lo, d_hi, d_lo, proto, sp, dp, fsh):
     """A packet's fast-cache entry (word index, uint64) and key words; ``fsh``: the
@@ -285,9 +292,9 @@ def _fc_fill(fc, cu, ver, k1, k2, s_hi, s_lo, d_hi, d_lo, se, si, sv, dv, slots,
         gw |= part_gen[np.uint64((dv >> 1) & (NPART - 1))] << np.uint64(32)
     fc[cu] = k1
     fc[cu + np.uint64(1)] = k2
-    fc[cu + np.uint64(2)] = np.uint64(se + 1) | (np.uint64(si + 1) << np.uint64(32))
+    fc[cu + np.uint64(2)] = pack_pair(se, si)
     fc[cu + np.uint64(3)] = np.uint64(now + tmo if tmo != _NEVER else _NEVER)
-    fc[cu + np.uint64(4)] = np.uint64(sv + 1) | (np.uint64(dv + 1) << np.uint64(32))
+    fc[cu + np.uint64(4)] = pack_pair(sv, dv)
     fc[cu + np.uint64(5)] = np.uint64(tmo)
     fc[cu + np.uint64(6)] = gw
     fc[cu + np.uint64(7)] = outcome
@@ -368,13 +375,10 @@ def _walk(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, 
     rcache = np.zeros(4 << cache_bits, np.uint64)
     # prefetching pays only when the tables outgrow the caches; the fast cache only while
     # they do not (with a million live flows nearly every key is new to it)
-    lookahead = PREFETCH if part_size.max() * 32 > PREFETCH_BYTES else 0
+    lookahead = PREFETCH if prefetches(part_size) else 0
     fbits = TRACK_CACHE_BITS if lookahead == 0 else 0
     bits6 = max(fbits - 2, 1)
-    fsize = (8 << fbits) + (16 << bits6)
-    fraw = np.zeros(fsize + 8, np.uint64)
-    fstart = (8 - ((np.int64(fraw.ctypes.data) >> 3) & 7)) & 7
-    fc = fraw[fstart:fstart + fsize]
+    fc = zeros_line_aligned((8 << fbits) + (16 << bits6))
     fsh = (np.uint64(64 - fbits), np.uint64(64 - bits6), np.uint64(8 << fbits))
     part_gen = np.zeros(NPART, np.uint64)
     _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_rule, src_val,
@@ -462,12 +466,8 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                                 slots[np.uint64(c_si), 3] = np.uint64(now)
                             if c_se >= 0 or c_si >= 0:
                                 fc[cu + np.uint64(3)] = np.uint64(now + np.int64(fc[cu + np.uint64(5)]))
-                            out = fc[cu + np.uint64(7)]
-                            src_val[iu] = c_sv
-                            dst_val[iu] = c_dv
-                            verdict[iu] = np.uint8(out & np.uint64(15))
-                            egress_rule[iu] = np.int32(np.int64((out >> np.uint64(4)) & _MASK30) - 1)
-                            ingress_rule[iu] = np.int32(np.int64(out >> np.uint64(34)) - 1)
+                            cache_outputs(fc[cu + np.uint64(7)], vals, iu, 0, verdict,
+                                          egress_rule, ingress_rule, src_val, dst_val)
                             running = now
                             if fill == k:
                                 fill += 1
@@ -546,10 +546,8 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                             _fc_fill(fc, np.uint64(ce), f_ver, ck1, ck2, p.src_hi[iu], p.src_lo[iu],
                                      p.dst_hi[iu], p.dst_lo[iu], se, si, sv, dv, slots, f_proto,
                                      timeouts, part_gen,
-                                     np.uint64(ACCEPT)
-                                     | (np.uint64(RULE_CONNTRACK + 1 if se >= 0 else 0) << np.uint64(4))
-                                     | (np.uint64(RULE_CONNTRACK + 1 if si >= 0 else 0) << np.uint64(34)),
-                                     now)
+                                     pack_outcome(ACCEPT, RULE_CONNTRACK if se >= 0 else -1,
+                                                  RULE_CONNTRACK if si >= 0 else -1), now)
                         verdict[iu] = ACCEPT
                         egress_rule[iu] = RULE_CONNTRACK if se >= 0 else -1
                         ingress_rule[iu] = RULE_CONNTRACK if si >= 0 else -1
@@ -750,10 +748,9 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
             # finds a flow: the key holds no ICMP type, which the rules may look at.
             if stable and ce >= 0 and (v == ACCEPT or not (proto == 1 or proto == 58)):
                 _fc_fill(fc, np.uint64(ce), ver, ck1, ck2, p.src_hi[iu], p.src_lo[iu], p.dst_hi[iu],
-                         p.dst_lo[iu], fs0, fs1, sv, dv, slots, proto, timeouts, part_gen, np.uint64(v)
-                         | (np.uint64((RULE_CONNTRACK if fs0 >= 0 else eg) + 1) << np.uint64(4))
-                         | (np.uint64((RULE_CONNTRACK if fs1 >= 0 else ig) + 1) << np.uint64(34)),
-                         now)
+                         p.dst_lo[iu], fs0, fs1, sv, dv, slots, proto, timeouts, part_gen,
+                         pack_outcome(v, RULE_CONNTRACK if fs0 >= 0 else eg,
+                                      RULE_CONNTRACK if fs1 >= 0 else ig), now)
             elif changed:
                 _fc_forget(fc, fsh, ver, p.src_hi[iu], p.src_lo[iu], p.dst_hi[iu], p.dst_lo[iu],
                            proto, sp, dp)
@@ -765,10 +762,8 @@ def _walk_shard(sh, t, p, vals_ready, rules_v, cache_bits, egress_rule, ingress_
                                          p.src_lo[iu], proto, dp, sp, fsh)
                     _fc_fill(fc, ru, ver, r1, r2, p.dst_hi[iu], p.dst_lo[iu], p.src_hi[iu],
                              p.src_lo[iu], fs1, fs0, dv, sv, slots, proto, timeouts, part_gen,
-                             np.uint64(ACCEPT)
-                             | (np.uint64(RULE_CONNTRACK + 1 if fs1 >= 0 else 0) << np.uint64(4))
-                             | (np.uint64(RULE_CONNTRACK + 1 if fs0 >= 0 else 0) << np.uint64(34)),
-                             now)
+                             pack_outcome(ACCEPT, RULE_CONNTRACK if fs1 >= 0 else -1,
+                                          RULE_CONNTRACK if fs0 >= 0 else -1), now)
                 else:
                     _fc_forget(fc, fsh, ver, p.dst_hi[iu], p.dst_lo[iu], p.src_hi[iu],
                                p.src_lo[iu], proto, dp, sp)
